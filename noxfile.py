@@ -1,0 +1,284 @@
+"""Every session of the monorepo, driven by one table of packages and their sibling dependencies.
+
+    nox -l                      list the sessions
+    nox -s ci                   what CI runs (lint, dag, tests of every package, integration, build, demo)
+    nox -s "tests(package='fabric-io')"
+    nox -s tests_cuda tests_xla (opt-in: run the hardware-marked tests where the hardware exists)
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+import re
+import sys
+import tomllib
+
+import nox
+
+ROOT = pathlib.Path(__file__).parent
+CONSTRAINTS = str(ROOT / "constraints.txt")
+
+# name -> sibling packages it depends on (checked against each pyproject.toml by the `dag` session)
+PACKAGES: dict[str, list[str]] = {
+    "fabric-utils": [],
+    "fabric-accelerators": ["fabric-utils"],
+    "fabric-environments": ["fabric-utils"],
+    "fabric-io": ["fabric-utils"],
+    "fabric-precision": ["fabric-utils"],
+    "fabric-strategies": [
+        "fabric-utils", "fabric-accelerators", "fabric-environments", "fabric-io", "fabric-precision",
+    ],
+    "fabric-loggers": ["fabric-utils", "fabric-io"],
+    "fabric-core": [
+        "fabric-utils", "fabric-accelerators", "fabric-environments", "fabric-io", "fabric-precision",
+        "fabric-strategies",
+    ],
+    "fabric-testing": ["fabric-utils"],
+}
+# extra sibling packages a package's tests need (declared in its `test` extra)
+TEST_SIBLINGS: dict[str, list[str]] = {name: ["fabric-testing"] for name in PACKAGES if name != "fabric-testing"}
+TEST_SIBLINGS["fabric-core"] = ["fabric-testing", "fabric-loggers"]
+
+nox.options.sessions = ["ci"]
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_missing_interpreters = True
+
+
+def closure(names: list[str]) -> list[str]:
+    """The packages in ``names`` and all their sibling dependencies, dependencies first."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        for dep in PACKAGES[name]:
+            visit(dep)
+        if name not in ordered:
+            ordered.append(name)
+
+    for name in names:
+        visit(name)
+    return ordered
+
+
+def path(name: str) -> str:
+    return str(ROOT / "packages" / name)
+
+
+def install_torch(session: nox.Session) -> None:
+    session.install("-c", CONSTRAINTS, "torch")
+
+
+def install_packages(session: nox.Session, names: list[str], *, test_of: str | None = None, editable: bool = True) -> None:
+    """Install ``names`` with their sibling closure in one pip call, so pip resolves siblings to the local copies."""
+    install_torch(session)
+    wanted = closure([*names, *TEST_SIBLINGS.get(test_of, [])] if test_of else names)
+    args: list[str] = []
+    for name in wanted:
+        target = path(name) + ("[test]" if name == test_of else "")
+        args += ["-e", target] if editable else [target]
+    session.install("-c", CONSTRAINTS, *args)
+
+
+def run_pytest(session: nox.Session, package: str, *extra: str) -> None:
+    tests = ROOT / "packages" / package / "tests"
+    session.run("python", "-m", "pytest", str(tests), "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
+                *extra, *session.posargs)
+
+
+@nox.session(tags=["tests"])
+@nox.parametrize("package", list(PACKAGES))
+def tests(session: nox.Session, package: str) -> None:
+    """CPU tests of one package, in a venv holding only it, its declared siblings and its test extra."""
+    install_packages(session, [package], test_of=package)
+    if package == "fabric-environments":
+        ensure_mpi(session)
+    run_pytest(session, package, "--hardware", "cpu")
+
+
+def ensure_mpi(session: nox.Session) -> None:
+    """MPI tests run for real: install Open MPI (Debian) and mpi4py when the machine lets us."""
+    import shutil
+
+    if shutil.which("mpirun") is None and shutil.which("apt-get") and os.geteuid() == 0:
+        session.run("apt-get", "update", "-qq", external=True, silent=True)
+        session.run("apt-get", "install", "-y", "-qq", "openmpi-bin", "libopenmpi-dev", external=True, silent=True)
+    if shutil.which("mpirun"):
+        session.install("mpi4py>=3.1")
+
+
+@nox.session(default=False)
+@nox.parametrize("package", list(PACKAGES))
+def tests_cuda(session: nox.Session, package: str) -> None:
+    """The CUDA-marked tests of one package (needs NVIDIA GPUs)."""
+    install_packages(session, [package], test_of=package)
+    run_pytest(session, package, "--hardware", "cuda")
+
+
+@nox.session(default=False)
+@nox.parametrize("package", list(PACKAGES))
+def tests_xla(session: nox.Session, package: str) -> None:
+    """The XLA-marked tests of one package (needs torch_xla and a TPU/XLA device)."""
+    install_packages(session, [package], test_of=package)
+    session.install("torch_xla")
+    run_pytest(session, package, "--hardware", "xla")
+
+
+@nox.session(tags=["tests"])
+def integration(session: nox.Session) -> None:
+    """Cross-package runs: parity with raw PyTorch, launch, checkpoint/resume, faults."""
+    install_packages(session, ["fabric-core", "fabric-loggers", "fabric-testing"])
+    session.install("-c", CONSTRAINTS, "-e", path("fabric-core") + "[test]", "-e", path("fabric-testing"),
+                    "-e", path("fabric-loggers"))
+    session.run("python", "-m", "pytest", str(ROOT / "tests-integration"), "--rootdir", str(ROOT),
+                "-c", str(ROOT / "pyproject.toml"), "--hardware", "cpu", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole tree."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", "--diff", ".")
+
+
+@nox.session(default=False)
+def typecheck(session: nox.Session) -> None:
+    """mypy over every package's sources."""
+    install_packages(session, list(PACKAGES))
+    session.install("mypy>=1.10")
+    session.run("mypy", *(str(ROOT / "packages" / n / "src") for n in PACKAGES))
+
+
+@nox.session
+def dag(session: nox.Session) -> None:
+    """The package graph: import-linter layers, declared siblings match the table, one shared pinned version, no
+    underscore names imported across packages."""
+    session.install("import-linter>=2.0")
+    check_declared_siblings()
+    src_paths = os.pathsep.join(str(ROOT / "packages" / n / "src") for n in PACKAGES)
+    session.run("lint-imports", "--config", str(ROOT / "pyproject.toml"), env={"PYTHONPATH": src_paths})
+    check_private_imports()
+
+
+def read_project(name: str) -> dict:
+    with open(ROOT / "packages" / name / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]
+
+
+def check_declared_siblings() -> None:
+    versions = {name: read_project(name)["version"] for name in PACKAGES}
+    if len(set(versions.values())) != 1:
+        raise SystemExit(f"packages disagree on the shared version: {versions}")
+    version = next(iter(versions.values()))
+    for name, siblings in PACKAGES.items():
+        deps = read_project(name)["dependencies"]
+        declared = {}
+        for dep in deps:
+            match = re.match(r"^(fabric-[a-z]+)\s*==\s*(\S+)$", dep)
+            if match:
+                declared[match.group(1)] = match.group(2)
+        if sorted(declared) != sorted(siblings):
+            raise SystemExit(f"{name}: pyproject declares {sorted(declared)}, noxfile table says {sorted(siblings)}")
+        wrong = {dep: v for dep, v in declared.items() if v != version}
+        if wrong:
+            raise SystemExit(f"{name}: sibling pins {wrong} differ from the shared version {version}")
+    print(f"siblings match the table; every package is at {version} and pins its siblings to it")
+
+
+def check_private_imports() -> None:
+    """No module imports an underscore name (or underscore module) of another fabric package."""
+    problems = []
+    for name in PACKAGES:
+        own = name.replace("-", "_")
+        for file in (ROOT / "packages" / name / "src").rglob("*.py"):
+            tree = ast.parse(file.read_text(), str(file))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fabric_"):
+                    top = node.module.split(".")[0]
+                    if top == own:
+                        continue
+                    if node.module != top:
+                        problems.append(f"{file}:{node.lineno}: imports {node.module} (use {top}'s public API)")
+                    problems += [f"{file}:{node.lineno}: imports private {a.name} from {top}"
+                                 for a in node.names if a.name.startswith("_")]
+                elif isinstance(node, ast.Import):
+                    for alias in node.names:
+                        top = alias.name.split(".")[0]
+                        if top.startswith("fabric_") and top != own and alias.name != top:
+                            problems.append(f"{file}:{node.lineno}: imports {alias.name} (use {top}'s public API)")
+    if problems:
+        raise SystemExit("cross-package imports must use the top-level public API:\n" + "\n".join(problems))
+    print("every cross-package import uses a top-level public name")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """A wheel per package; each installs alone (with its declared siblings' wheels) in a fresh venv and imports."""
+    dist = ROOT / "dist"
+    session.install("build>=1.0", "hatchling>=1.18")
+    for name in PACKAGES:
+        session.run("python", "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), path(name),
+                    silent=True)
+    session.notify("wheel_imports")
+
+
+@nox.session(default=False)
+@nox.parametrize("package", list(PACKAGES))
+def wheel_import(session: nox.Session, package: str) -> None:
+    """Install one built wheel (plus its siblings' wheels) into a fresh venv and import it."""
+    dist = ROOT / "dist"
+    install_torch(session)
+    session.install("-c", CONSTRAINTS, "--find-links", str(dist), package)
+    module = package.replace("-", "_")
+    session.run("python", "-c", f"import {module}; print({module}.__name__, 'imports; public names:', len({module}.__all__))")
+
+
+@nox.session(python=False, default=False)
+def wheel_imports(session: nox.Session) -> None:
+    """Queue `wheel_import` for every package."""
+    for name in PACKAGES:
+        session.notify(f"wheel_import(package='{name}')")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: a small image-classifier training run on 2 CPU processes with DDP."""
+    install_packages(session, ["fabric-core"])
+    session.run("fabric", "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+                str(ROOT / "examples" / "image_classifier.py"), *session.posargs)
+
+
+@nox.session(default=False)
+def examples(session: nox.Session) -> None:
+    """Every example, on small settings, with 2 CPU processes."""
+    install_packages(session, ["fabric-core", "fabric-loggers"])
+    session.install("-c", CONSTRAINTS, "-e", path("fabric-loggers") + "[tensorboard]")
+    for script in sorted((ROOT / "examples").glob("*.py")):
+        session.run("fabric", "run", "--accelerator", "cpu", "--devices", "2", str(script), "--fast")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Overhead and parity benchmarks against raw PyTorch (see benchmarks/README.md)."""
+    install_packages(session, ["fabric-core"])
+    session.run("python", str(ROOT / "benchmarks" / "run.py"), *session.posargs)
+
+
+@nox.session(default=False)
+def docs(session: nox.Session) -> None:
+    """The user guide and API reference, warnings treated as errors."""
+    install_packages(session, [*PACKAGES])
+    session.install("sphinx>=7", "myst-parser>=2")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", str(ROOT / "docs"), str(ROOT / "docs" / "_build"))
+
+
+@nox.session(python=False)
+def ci(session: nox.Session) -> None:
+    """What CI runs: queue lint, dag, every package's CPU tests, integration, build and the demo."""
+    for name in ["lint", "dag", *(f"tests(package='{p}')" for p in PACKAGES), "integration", "build", "demo"]:
+        session.notify(name)
+
+
+if __name__ == "__main__":
+    sys.exit("run with nox")

@@ -1,0 +1,124 @@
+"""The ``Precision`` base: how weights, inputs, outputs, backward and optimizer steps handle numeric precision.
+
+The base class itself is full 32-bit precision ("32-true"): every hook is the identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from torch.optim import Optimizer
+
+from fabric_utils import Optimizable, Steppable, apply_to_collection
+
+
+class Precision:
+    """Precision plugin. Strategies call these hooks; the wrappers of fabric-core call the forward ones.
+
+    The three ``needs_*`` properties let the wrappers skip work on the hot path: when all are False a wrapped
+    forward costs a single extra Python call.
+    """
+
+    #: the canonical name of this precision, e.g. "32-true", "bf16-mixed"
+    precision: str = "32-true"
+
+    # -- what the wrappers may skip -------------------------------------------------------------------------------
+    @property
+    def needs_forward_context(self) -> bool:
+        """Whether ``forward_context`` does anything (autocast, a default dtype)."""
+        return type(self).forward_context is not Precision.forward_context
+
+    @property
+    def needs_input_conversion(self) -> bool:
+        return type(self).convert_input is not Precision.convert_input
+
+    @property
+    def needs_output_conversion(self) -> bool:
+        return type(self).convert_output is not Precision.convert_output
+
+    # -- module and tensors ---------------------------------------------------------------------------------------
+    def convert_module(self, module: Module) -> Module:
+        """Convert the module's parameters/buffers (e.g. to half); called once by ``setup``."""
+        return module
+
+    def tensor_init_context(self) -> AbstractContextManager[Any]:
+        """Context in which new tensors get this precision's dtype (``Fabric.init_tensor``)."""
+        return nullcontext()
+
+    def module_init_context(self) -> AbstractContextManager[Any]:
+        """Context in which new modules get this precision's dtype (``Fabric.init_module``)."""
+        return self.tensor_init_context()
+
+    def forward_context(self) -> AbstractContextManager[Any]:
+        """Context around the module's forward (autocast for mixed precision)."""
+        return nullcontext()
+
+    def convert_input(self, data: Any) -> Any:
+        """Convert floating-point inputs of the forward to this precision's dtype."""
+        return data
+
+    def convert_output(self, data: Any) -> Any:
+        """Convert floating-point outputs of the forward back to the default dtype."""
+        return data
+
+    # -- backward and step ----------------------------------------------------------------------------------------
+    def pre_backward(self, tensor: Tensor, module: Module | None) -> Any:
+        """Runs before backward; may return a replacement tensor (e.g. the loss scaled by a GradScaler)."""
+        return tensor
+
+    def backward(self, tensor: Tensor, model: Module | None, *args: Any, **kwargs: Any) -> None:
+        tensor.backward(*args, **kwargs)
+
+    def post_backward(self, tensor: Tensor, module: Module | None) -> Any:
+        return tensor
+
+    def optimizer_step(self, optimizer: Optimizable | Steppable, **kwargs: Any) -> Any:
+        """Step the optimizer (through a GradScaler where the precision uses one)."""
+        return optimizer.step(**kwargs)
+
+    def unscale_gradients(self, optimizer: Optimizer) -> None:
+        """Undo loss scaling on the gradients before they are clipped or inspected."""
+
+    def main_params(self, optimizer: Optimizer) -> Iterator[torch.nn.Parameter]:
+        """The parameters the optimizer updates (the ones gradient clipping should look at)."""
+        for group in optimizer.param_groups:
+            yield from group["params"]
+
+    # -- checkpoint -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """State to save in checkpoints (e.g. the GradScaler's)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    def teardown(self) -> None:
+        """Undo global changes (e.g. the default dtype)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(precision={self.precision!r})"
+
+
+def convert_floating_tensors(data: Any, dtype: torch.dtype) -> Any:
+    """Cast every floating-point tensor in a collection to ``dtype``; other tensors and objects are left alone."""
+
+    def convert(tensor: Tensor) -> Tensor:
+        return tensor.to(dtype) if torch.is_floating_point(tensor) and tensor.dtype != dtype else tensor
+
+    return apply_to_collection(data, Tensor, convert)
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Generator[None, None, None]:
+    """Temporarily change ``torch.get_default_dtype()``."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

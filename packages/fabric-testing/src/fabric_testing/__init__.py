@@ -1,0 +1,29 @@
+"""fabric-testing (dev only): pytest markers, hygiene fixtures, a real multi-process launcher and tiny models."""
+
+from fabric_testing.hygiene import Snapshot, check_and_restore, child_pids
+from fabric_testing.launcher import (
+    DistributedTestError,
+    destroy_process_group_cleanly,
+    find_free_port,
+    run_processes,
+)
+from fabric_testing.models import RandomDataset, RandomLabelledDataset, TinyConvNet, TinyMLP
+from fabric_testing.runif import STANDALONE_ENV, RunIf
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STANDALONE_ENV",
+    "DistributedTestError",
+    "RandomDataset",
+    "RandomLabelledDataset",
+    "RunIf",
+    "Snapshot",
+    "TinyConvNet",
+    "TinyMLP",
+    "check_and_restore",
+    "child_pids",
+    "destroy_process_group_cleanly",
+    "find_free_port",
+    "run_processes",
+]

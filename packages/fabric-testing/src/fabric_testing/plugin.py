@@ -1,0 +1,57 @@
+"""The pytest plugin (entry point ``pytest11``): markers, hardware-session selection and hygiene fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from fabric_testing.hygiene import Snapshot, check_and_restore
+
+HARDWARE_MARKERS = ("cuda", "xla", "mps")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fabric")
+    group.addoption(
+        "--hardware",
+        choices=("cpu", *HARDWARE_MARKERS),
+        default=None,
+        help="run only the tests marked for this hardware (cpu: the tests that need none)",
+    )
+    group.addoption("--no-hygiene", action="store_true", help="do not check for leaked env vars/threads/processes")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: needs CUDA GPUs (run by the tests_cuda session)")
+    config.addinivalue_line("markers", "xla: needs an XLA device (run by the tests_xla session)")
+    config.addinivalue_line("markers", "mps: needs Apple MPS")
+    config.addinivalue_line("markers", "standalone: must run in its own process (FABRIC_RUN_STANDALONE_TESTS=1)")
+    config.addinivalue_line("markers", "hygiene_exempt: do not check this test for leaks")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    hardware = config.getoption("--hardware")
+    if hardware is None:
+        return
+    selected, deselected = [], []
+    for item in items:
+        marks = {m for m in HARDWARE_MARKERS if item.get_closest_marker(m) is not None}
+        keep = (not marks) if hardware == "cpu" else hardware in marks
+        (selected if keep else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+@pytest.fixture(autouse=True)
+def fabric_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaks environment variables, threads, child processes or a process group."""
+    if request.config.getoption("--no-hygiene") or request.node.get_closest_marker("hygiene_exempt"):
+        yield
+        return
+    before = Snapshot.take()
+    yield
+    problems = check_and_restore(before)
+    if problems:
+        pytest.fail("test hygiene: " + "; ".join(problems), pytrace=False)

@@ -1,0 +1,80 @@
+"""Lazy checks for optional dependencies: nothing is imported until asked for."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
+
+from packaging.version import Version
+
+from fabric_utils.exceptions import MissingDependencyError
+
+
+@functools.lru_cache(maxsize=None)
+def module_available(module_name: str) -> bool:
+    """Whether ``module_name`` can be imported, answered without importing it (parents excepted)."""
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def package_version(distribution: str) -> Version | None:
+    """The installed version of a distribution, or ``None`` when it is not installed."""
+    try:
+        return Version(version(distribution))
+    except PackageNotFoundError:
+        return None
+
+
+class OptionalDependency:
+    """One optional dependency: ``bool(dep)`` says whether it is installed, ``dep.require()`` imports it or raises.
+
+    The error names the feature that needs it and the command that installs it.
+    """
+
+    def __init__(self, module: str, distribution: str | None = None, *, install: str | None = None,
+                 min_version: str | None = None) -> None:
+        self.module = module
+        self.distribution = distribution or module
+        self.install = install or f"pip install {self.distribution}"
+        self.min_version = min_version
+
+    @property
+    def available(self) -> bool:
+        if not module_available(self.module):
+            return False
+        if self.min_version is None:
+            return True
+        installed = package_version(self.distribution)
+        return installed is not None and installed >= Version(self.min_version)
+
+    def __bool__(self) -> bool:
+        return self.available
+
+    def require(self, feature: str = "this feature") -> ModuleType:
+        """Import and return the module, or raise ``MissingDependencyError`` with the install command."""
+        if not self.available:
+            needed = f"{self.distribution}>={self.min_version}" if self.min_version else self.distribution
+            raise MissingDependencyError(f"{feature} requires `{needed}`, which is not installed. Run: {self.install}")
+        return importlib.import_module(self.module)
+
+    def __repr__(self) -> str:
+        return f"OptionalDependency({self.module!r}, available={self.available})"
+
+
+DEEPSPEED = OptionalDependency("deepspeed", install="pip install 'fabric-strategies[deepspeed]'")
+TORCH_XLA = OptionalDependency("torch_xla", "torch-xla", install="pip install torch-xla")
+TENSORBOARDX = OptionalDependency("tensorboardX", install="pip install 'fabric-loggers[tensorboard]'")
+TENSORBOARD = OptionalDependency("tensorboard")
+FSSPEC = OptionalDependency("fsspec")
+S3FS = OptionalDependency("s3fs", install="pip install s3fs")
+BITSANDBYTES = OptionalDependency("bitsandbytes", install="pip install bitsandbytes")
+TRANSFORMER_ENGINE = OptionalDependency(
+    "transformer_engine", "transformer-engine", install="pip install 'transformer-engine[pytorch]'"
+)
+MPI4PY = OptionalDependency("mpi4py", install="pip install mpi4py")
+NUMPY = OptionalDependency("numpy")
