@@ -1,9 +1,9 @@
 """Every session of the monorepo, driven by one table of packages and their sibling dependencies.
 
-    nox -l                      list the sessions
-    nox -s ci                   what CI runs (lint, dag, tests of every package, integration, build, demo)
-    nox -s "tests(package='fabric-io')"
-    nox -s tests_cuda tests_xla (opt-in: run the hardware-marked tests where the hardware exists)
+nox -l                      list the sessions
+nox -s ci                   what CI runs (lint, dag, tests of every package, integration, build, demo)
+nox -s "tests(package='fabric-io')"
+nox -s tests_cuda tests_xla (opt-in: run the hardware-marked tests where the hardware exists)
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import os
 import pathlib
 import re
 import sys
-import tomllib
 
 import nox
+import tomllib
 
 ROOT = pathlib.Path(__file__).parent
 CONSTRAINTS = str(ROOT / "constraints.txt")
@@ -28,11 +28,19 @@ PACKAGES: dict[str, list[str]] = {
     "fabric-io": ["fabric-utils"],
     "fabric-precision": ["fabric-utils"],
     "fabric-strategies": [
-        "fabric-utils", "fabric-accelerators", "fabric-environments", "fabric-io", "fabric-precision",
+        "fabric-utils",
+        "fabric-accelerators",
+        "fabric-environments",
+        "fabric-io",
+        "fabric-precision",
     ],
     "fabric-loggers": ["fabric-utils", "fabric-io"],
     "fabric-core": [
-        "fabric-utils", "fabric-accelerators", "fabric-environments", "fabric-io", "fabric-precision",
+        "fabric-utils",
+        "fabric-accelerators",
+        "fabric-environments",
+        "fabric-io",
+        "fabric-precision",
         "fabric-strategies",
     ],
     "fabric-testing": ["fabric-utils"],
@@ -69,7 +77,9 @@ def install_torch(session: nox.Session) -> None:
     session.install("-c", CONSTRAINTS, "torch")
 
 
-def install_packages(session: nox.Session, names: list[str], *, test_of: str | None = None, editable: bool = True) -> None:
+def install_packages(
+    session: nox.Session, names: list[str], *, test_of: str | None = None, editable: bool = True
+) -> None:
     """Install ``names`` with their sibling closure in one pip call, so pip resolves siblings to the local copies."""
     install_torch(session)
     wanted = closure([*names, *TEST_SIBLINGS.get(test_of, [])] if test_of else names)
@@ -82,8 +92,18 @@ def install_packages(session: nox.Session, names: list[str], *, test_of: str | N
 
 def run_pytest(session: nox.Session, package: str, *extra: str) -> None:
     tests = ROOT / "packages" / package / "tests"
-    session.run("python", "-m", "pytest", str(tests), "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
-                *extra, *session.posargs)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        str(tests),
+        "--rootdir",
+        str(ROOT),
+        "-c",
+        str(ROOT / "pyproject.toml"),
+        *extra,
+        *session.posargs,
+    )
 
 
 @nox.session(tags=["tests"])
@@ -127,11 +147,20 @@ def tests_xla(session: nox.Session, package: str) -> None:
 @nox.session(tags=["tests"])
 def integration(session: nox.Session) -> None:
     """Cross-package runs: parity with raw PyTorch, launch, checkpoint/resume, faults."""
-    install_packages(session, ["fabric-core", "fabric-loggers", "fabric-testing"])
-    session.install("-c", CONSTRAINTS, "-e", path("fabric-core") + "[test]", "-e", path("fabric-testing"),
-                    "-e", path("fabric-loggers"))
-    session.run("python", "-m", "pytest", str(ROOT / "tests-integration"), "--rootdir", str(ROOT),
-                "-c", str(ROOT / "pyproject.toml"), "--hardware", "cpu", *session.posargs)
+    install_packages(session, ["fabric-core"], test_of="fabric-core")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        str(ROOT / "tests-integration"),
+        "--rootdir",
+        str(ROOT),
+        "-c",
+        str(ROOT / "pyproject.toml"),
+        "--hardware",
+        "cpu",
+        *session.posargs,
+    )
 
 
 @nox.session
@@ -200,8 +229,11 @@ def check_private_imports() -> None:
                         continue
                     if node.module != top:
                         problems.append(f"{file}:{node.lineno}: imports {node.module} (use {top}'s public API)")
-                    problems += [f"{file}:{node.lineno}: imports private {a.name} from {top}"
-                                 for a in node.names if a.name.startswith("_")]
+                    problems += [
+                        f"{file}:{node.lineno}: imports private {a.name} from {top}"
+                        for a in node.names
+                        if a.name.startswith("_")
+                    ]
                 elif isinstance(node, ast.Import):
                     for alias in node.names:
                         top = alias.name.split(".")[0]
@@ -218,8 +250,9 @@ def build(session: nox.Session) -> None:
     dist = ROOT / "dist"
     session.install("build>=1.0", "hatchling>=1.18")
     for name in PACKAGES:
-        session.run("python", "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), path(name),
-                    silent=True)
+        session.run(
+            "python", "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), path(name), silent=True
+        )
     session.notify("wheel_imports")
 
 
@@ -229,9 +262,12 @@ def wheel_import(session: nox.Session, package: str) -> None:
     """Install one built wheel (plus its siblings' wheels) into a fresh venv and import it."""
     dist = ROOT / "dist"
     install_torch(session)
-    session.install("-c", CONSTRAINTS, "--find-links", str(dist), package)
+    # wheel files by path: pip must not pick an unrelated distribution of the same name from an index
+    wheels = [str(next(dist.glob(name.replace("-", "_") + "-*.whl"))) for name in closure([package])]
+    session.install("-c", CONSTRAINTS, *wheels)
     module = package.replace("-", "_")
-    session.run("python", "-c", f"import {module}; print({module}.__name__, 'imports; public names:', len({module}.__all__))")
+    code = f"import {module} as m; print(m.__name__, 'imports from', m.__file__, 'with', len(m.__all__), 'names')"
+    session.run("python", "-c", code)
 
 
 @nox.session(python=False, default=False)
@@ -245,8 +281,18 @@ def wheel_imports(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job: a small image-classifier training run on 2 CPU processes with DDP."""
     install_packages(session, ["fabric-core"])
-    session.run("fabric", "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
-                str(ROOT / "examples" / "image_classifier.py"), *session.posargs)
+    session.run(
+        "fabric",
+        "run",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        str(ROOT / "examples" / "image_classifier.py"),
+        *session.posargs,
+    )
 
 
 @nox.session(default=False)
