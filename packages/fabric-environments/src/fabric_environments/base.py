@@ -50,10 +50,10 @@ class ClusterEnvironment(ABC):
     @abstractmethod
     def node_rank(self) -> int: ...
 
-    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+    def validate_settings(self, num_devices: int, num_nodes: int) -> None:  # noqa: B027 - optional hook
         """Raise ``ValueError`` when the requested devices/nodes contradict what the environment provides."""
 
-    def teardown(self) -> None:
+    def teardown(self) -> None:  # noqa: B027 - optional hook
         """Undo anything the environment set up for the run."""
 
     def __repr__(self) -> str:

@@ -1,0 +1,83 @@
+"""Pods of a Kubeflow ``PyTorchJob``: one process per pod, chosen explicitly (never detected)."""
+
+from __future__ import annotations
+
+import os
+
+from typing_extensions import override
+
+from fabric_environments._env import check_world_size, env_int, env_port, ignore_setter
+from fabric_environments.base import ClusterEnvironment
+
+
+class KubeflowEnvironment(ClusterEnvironment):
+    """A pod of a Kubeflow ``PyTorchJob``: ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK`` are set.
+
+    Each pod runs one process, so the local rank is 0 and the node rank equals the global rank. Kubeflow's variables
+    are the same as those of other launchers, so this environment is never detected: pass it explicitly, e.g.
+    ``Fabric(plugins=[KubeflowEnvironment()])``.
+    """
+
+    name = "kubeflow"
+    detection_priority = 0
+
+    @property
+    @override
+    def creates_processes_externally(self) -> bool:
+        return True
+
+    @property
+    @override
+    def main_address(self) -> str:
+        address = os.environ.get("MASTER_ADDR", "").strip()
+        if not address:
+            raise ValueError(f"{type(self).__name__} needs the environment variable MASTER_ADDR, which is not set.")
+        return address
+
+    @property
+    @override
+    def main_port(self) -> int:
+        port = env_port("MASTER_PORT")
+        if port is None:
+            raise ValueError(f"{type(self).__name__} needs the environment variable MASTER_PORT, which is not set.")
+        return port
+
+    @staticmethod
+    @override
+    def detect() -> bool:
+        """Always False: a Kubeflow pod cannot be told apart from other launchers, so choose this one explicitly."""
+        return False
+
+    @override
+    def world_size(self) -> int:
+        return env_int("WORLD_SIZE", owner=type(self).__name__)
+
+    @override
+    def set_world_size(self, size: int) -> None:
+        ignore_setter(type(self).__name__, "world_size", size, self.world_size())
+
+    @override
+    def global_rank(self) -> int:
+        return env_int("RANK", owner=type(self).__name__)
+
+    @override
+    def set_global_rank(self, rank: int) -> None:
+        ignore_setter(type(self).__name__, "global_rank", rank, self.global_rank())
+
+    @override
+    def local_rank(self) -> int:
+        return 0
+
+    @override
+    def node_rank(self) -> int:
+        return self.global_rank()
+
+    @override
+    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        check_world_size(
+            "Kubeflow PyTorchJob",
+            self.world_size(),
+            num_devices,
+            num_nodes,
+            hint=f"HINT: each pod runs one process: use devices=1 and num_nodes={self.world_size()}.",
+        )

@@ -1,0 +1,96 @@
+"""Processes on XLA devices (TPUs), whose ranks torch_xla's PJRT runtime knows; torch_xla is imported lazily."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+from typing_extensions import override
+
+from fabric_environments._env import first_env_int, ignore_setter
+from fabric_environments.base import ClusterEnvironment
+from fabric_utils import TORCH_XLA, MissingDependencyError, xla_available
+
+#: variables that say which host of a multi-host XLA slice this is (torch_xla's, then the TPU VM's)
+XLA_HOST_VARIABLES = ("XRT_HOST_ORDINAL", "TPU_WORKER_ID", "CLOUD_TPU_TASK_ID")
+
+
+class XLAEnvironment(ClusterEnvironment):
+    """The environment of an XLA run: world size and ranks come from ``torch_xla.runtime``.
+
+    fabric's XLA launcher starts one process per device, so processes are not created externally. The rendezvous
+    is PJRT's own: there is no main address or port. Detected when torch_xla is installed and ``PJRT_DEVICE`` names
+    the device to use.
+    """
+
+    name = "xla"
+    detection_priority = 100
+
+    def __init__(self) -> None:
+        if not xla_available():
+            raise MissingDependencyError(
+                f"{type(self).__name__} requires `torch_xla`, which is not installed. Run: {TORCH_XLA.install}"
+            )
+        self._world_size: int | None = None
+
+    @property
+    @override
+    def creates_processes_externally(self) -> bool:
+        return False
+
+    @property
+    @override
+    def main_address(self) -> str:
+        raise NotImplementedError(f"{type(self).__name__} has no main address: PJRT handles the rendezvous.")
+
+    @property
+    @override
+    def main_port(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__} has no main port: PJRT handles the rendezvous.")
+
+    @staticmethod
+    @override
+    def detect() -> bool:
+        """torch_xla is installed and ``PJRT_DEVICE`` is set; never imports torch_xla."""
+        try:
+            return bool(os.environ.get("PJRT_DEVICE", "").strip()) and xla_available()
+        except Exception:  # detection must never fail a run
+            return False
+
+    @override
+    def world_size(self) -> int:
+        """The number of XLA processes (asked once: the runtime's answer does not change during a run)."""
+        if self._world_size is None:
+            self._world_size = int(_runtime().world_size())
+        return self._world_size
+
+    @override
+    def set_world_size(self, size: int) -> None:
+        ignore_setter(type(self).__name__, "world_size", size, self.world_size())
+
+    @override
+    def global_rank(self) -> int:
+        return int(_runtime().global_ordinal())
+
+    @override
+    def set_global_rank(self, rank: int) -> None:
+        ignore_setter(type(self).__name__, "global_rank", rank, self.global_rank())
+
+    @override
+    def local_rank(self) -> int:
+        return int(_runtime().local_ordinal())
+
+    @override
+    def node_rank(self) -> int:
+        """This host's index in a multi-host slice (``XRT_HOST_ORDINAL``, ``TPU_WORKER_ID``...); 0 on one host."""
+        return first_env_int(XLA_HOST_VARIABLES, 0)
+
+    @override
+    def teardown(self) -> None:
+        self._world_size = None
+
+
+def _runtime() -> ModuleType:
+    """``torch_xla.runtime``, imported on first use (the constructor has checked that torch_xla is available)."""
+    return importlib.import_module("torch_xla.runtime")
