@@ -1,0 +1,266 @@
+"""``TensorBoardLogger``: TensorBoard event files written with tensorboardX, locally or on any fsspec URL."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import tempfile
+from argparse import Namespace
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+from typing_extensions import override
+
+from fabric_loggers._convert import (
+    add_prefix,
+    check_step,
+    convert_params,
+    flatten_params,
+    metric_scalar,
+    tensorboard_value,
+)
+from fabric_loggers._paths import VersionedDirectory
+from fabric_loggers.base import Logger
+from fabric_utils import (
+    TENSORBOARD,
+    TENSORBOARDX,
+    PathLike,
+    PossibleUserWarning,
+    move_data_to_device,
+    rank_zero_only,
+    rank_zero_warn,
+)
+
+HP_METRIC = "hp_metric"
+_RESERVED_WRITER_ARGS = ("logdir", "log_dir")
+
+
+class _NoOpExperiment:
+    """Stands in for the ``SummaryWriter`` on ranks other than zero: every method call does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._nothing
+
+    @staticmethod
+    def _nothing(*args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class TensorBoardLogger(Logger):
+    """Log to TensorBoard event files in ``root_dir/name/version_N[/sub_dir]`` through ``tensorboardX``.
+
+    Args:
+        root_dir: Local folder or fsspec URL (``s3://bucket/runs``, ``memory://runs``) under which runs are kept.
+        name: Experiment name, a folder under ``root_dir``; ``None`` or ``""`` puts the versions in ``root_dir``.
+        version: ``None`` picks the next free ``version_N``; an int ``N`` means ``version_N``; a str is the folder.
+        default_hp_metric: :meth:`log_hyperparams` without ``metrics`` records ``hp_metric = -1`` so TensorBoard's
+            HParams tab shows the run (log the real ``hp_metric`` later to fill it in).
+        prefix: Prepended to every metric name, joined with ``LOGGER_JOIN_CHAR`` (``"-"``).
+        sub_dir: A folder inside the version folder to write to (``~`` and ``$VARS`` are expanded).
+        storage_options: Passed to the fsspec filesystem of a remote ``root_dir``.
+        **kwargs: Passed to ``tensorboardX.SummaryWriter`` (``max_queue``, ``flush_secs``, ``filename_suffix``...).
+
+    Remote URLs: tensorboardX writes into a local staging folder, and :meth:`save` and :meth:`finalize` upload the
+    event files to ``log_dir`` (only files that changed since the last upload). :meth:`save` closes the current
+    event file so that everything logged so far is on storage; the next log call starts a new file in the same
+    folder, which TensorBoard reads as one run.
+    """
+
+    def __init__(
+        self,
+        root_dir: PathLike,
+        name: str | None = "fabric_logs",
+        version: int | str | None = None,
+        default_hp_metric: bool = True,
+        prefix: str = "",
+        sub_dir: PathLike | None = None,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        TENSORBOARDX.require("TensorBoardLogger")
+        reserved = [key for key in _RESERVED_WRITER_ARGS if key in kwargs]
+        if reserved:
+            raise TypeError(f"TensorBoardLogger sets the writer's folder itself; drop {reserved} and use root_dir.")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}: {prefix!r}")
+        self._dir = VersionedDirectory(root_dir, name, version, storage_options)
+        self._sub_dir = os.path.expandvars(os.path.expanduser(os.fspath(sub_dir))) if sub_dir else None
+        self._default_hp_metric = bool(default_hp_metric)
+        self._prefix = prefix
+        self._writer_kwargs = kwargs
+        self._experiment: Any | None = None
+        self._writers_opened = 0
+        self._staging: str | None = None  # local folder mirrored to a remote log_dir
+        self._uploaded: dict[str, tuple[int, int]] = {}  # staged file -> (size, mtime) at its last upload
+        self.hparams: dict[str, Any] = {}
+
+    @property
+    @override
+    def name(self) -> str | None:
+        return self._dir.name
+
+    @property
+    @override
+    def version(self) -> int | str:
+        return self._dir.version
+
+    @property
+    @override
+    def root_dir(self) -> str:
+        return self._dir.root_dir
+
+    @property
+    @override
+    def log_dir(self) -> str:
+        log_dir = self._dir.log_dir
+        return self._dir.join(log_dir, self._sub_dir) if self._sub_dir else log_dir
+
+    @property
+    def sub_dir(self) -> str | None:
+        return self._sub_dir
+
+    @property
+    def experiment(self) -> Any:
+        """The ``tensorboardX.SummaryWriter`` (created on first use); a do-nothing stand-in on other ranks.
+
+        :meth:`save` and :meth:`finalize` close the writer and the next use opens a new one: read this property
+        each time rather than keeping the writer across a save.
+        """
+        if rank_zero_only.rank != 0:
+            return _NoOpExperiment()
+        if self._experiment is None:
+            tensorboardx = TENSORBOARDX.require("TensorBoardLogger")
+            kwargs = dict(self._writer_kwargs)
+            suffix = str(kwargs.pop("filename_suffix", ""))
+            if self._writers_opened:  # another file in a folder that has one from this logger (or its pickled copy)
+                suffix = f".{os.getpid()}-{self._writers_opened}{suffix}"
+            self._experiment = tensorboardx.SummaryWriter(logdir=self._writer_dir(), filename_suffix=suffix, **kwargs)
+            self._writers_opened += 1
+        return self._experiment
+
+    def _writer_dir(self) -> str:
+        if not self._dir.remote:
+            return self.log_dir
+        if self._staging is None:
+            self._dir.fs.makedirs(self.log_dir, exist_ok=True)  # claims the version for loggers created later
+            self._staging = tempfile.mkdtemp(prefix="fabric-tensorboard-")
+        return self._staging
+
+    @override
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Scalars with ``add_scalar``; a dict value (name -> scalar) is drawn as one chart with ``add_scalars``."""
+        self._write_scalars(add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR), check_step(step))
+
+    def _write_scalars(self, metrics: Mapping[str, Any], step: int | None) -> None:
+        scalars: dict[str, Any] = {}
+        for name, value in metrics.items():
+            if isinstance(value, Mapping):
+                scalars[name] = {str(k): metric_scalar(f"{name}/{k}", v) for k, v in value.items()}
+            else:
+                scalars[name] = metric_scalar(name, value)
+        writer = self.experiment
+        for name, value in scalars.items():
+            if isinstance(value, dict):
+                writer.add_scalars(name, value, step)
+            else:
+                writer.add_scalar(name, value, step)
+
+    @override
+    @rank_zero_only
+    def log_hyperparams(
+        self,
+        params: dict[str, Any] | Namespace | None,
+        metrics: Mapping[str, Any] | float | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        """Record hyperparameters for TensorBoard's HParams tab, linked to ``metrics`` (logged at step 0).
+
+        Nested params are flattened with ``/``; values TensorBoard cannot show become text. ``metrics`` may be a
+        dict or a single number (recorded as ``hp_metric``); without it, ``hp_metric = -1`` is recorded when
+        ``default_hp_metric`` is set. TensorBoard shows the first hyperparameter record of a run, so log them all
+        in one call (:attr:`hparams` keeps the union of every call).
+        """
+        if args or kwargs:
+            raise TypeError(f"log_hyperparams takes `params` and `metrics`, got extra {args or ''}{kwargs or ''}")
+        self.hparams.update(flatten_params(convert_params(params)))
+        if metrics is None:
+            metrics = {HP_METRIC: -1} if self._default_hp_metric else {}
+        elif not isinstance(metrics, Mapping):
+            metrics = {HP_METRIC: metrics}
+        prefixed = add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        scalars = {name: metric_scalar(name, value) for name, value in prefixed.items()}
+        summary = TENSORBOARDX.require("TensorBoardLogger").summary
+        hparam_dict = {name: tensorboard_value(value) for name, value in self.hparams.items()}
+        experiment, session_start, session_end = summary.hparams(hparam_dict, scalars)
+        self._write_scalars(scalars, 0)
+        writer = self.experiment
+        for proto in (experiment, session_start, session_end):
+            writer.file_writer.add_summary(proto)
+
+    @override
+    @rank_zero_only
+    def log_graph(self, model: nn.Module, input_array: Any | None = None) -> None:
+        """Trace ``model`` on ``input_array`` (default: ``model.example_input_array``) and record its graph.
+
+        Needs the ``tensorboard`` package (tensorboardX draws graphs with torch's TensorBoard support).
+        """
+        TENSORBOARD.require("TensorBoardLogger.log_graph")
+        example = input_array if input_array is not None else getattr(model, "example_input_array", None)
+        if example is None:
+            rank_zero_warn(
+                "Could not log the computational graph: pass `input_array` to `log_graph` or set "
+                "`model.example_input_array`.",
+                category=PossibleUserWarning,
+            )
+            return
+        parameter = next(iter(model.parameters()), None)
+        if parameter is not None:
+            example = move_data_to_device(example, parameter.device)
+        self.experiment.add_graph(model, example)
+
+    @override
+    @rank_zero_only
+    def save(self) -> None:
+        """Close the current event file (everything logged so far is then on storage) and upload it if remote."""
+        if self._experiment is not None:
+            self._experiment.close()
+            self._experiment = None
+        if self._staging is not None:
+            self._upload()
+
+    @override
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+            self._uploaded.clear()
+
+    def _upload(self) -> None:
+        assert self._staging is not None
+        fs, log_dir = self._dir.fs, self.log_dir
+        for folder, _, files in os.walk(self._staging):
+            for file in files:
+                local = os.path.join(folder, file)
+                relative = os.path.relpath(local, self._staging)
+                stat = os.stat(local)
+                if self._uploaded.get(relative) == (stat.st_size, stat.st_mtime_ns):
+                    continue
+                remote = posixpath.join(log_dir, *relative.split(os.sep))
+                fs.makedirs(posixpath.dirname(remote), exist_ok=True)
+                fs.put_file(local, remote)
+                self._uploaded[relative] = (stat.st_size, stat.st_mtime_ns)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the open writer and the staging folder; a copy opens its own when it logs."""
+        state = self.__dict__.copy()
+        state.update(_experiment=None, _staging=None, _uploaded={})
+        return state
