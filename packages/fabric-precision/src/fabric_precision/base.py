@@ -5,7 +5,7 @@ The base class itself is full 32-bit precision ("32-true"): every hook is the id
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
@@ -113,12 +113,51 @@ def convert_floating_tensors(data: Any, dtype: torch.dtype) -> Any:
     return apply_to_collection(data, Tensor, convert)
 
 
+# The default dtypes that were current when each open ``default_dtype`` block was entered (outermost first).
+_OUTER_DEFAULT_DTYPES: list[torch.dtype] = []
+
+
 @contextmanager
 def default_dtype(dtype: torch.dtype) -> Generator[None, None, None]:
     """Temporarily change ``torch.get_default_dtype()``."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
+    _OUTER_DEFAULT_DTYPES.append(previous)
     try:
         yield
     finally:
+        _OUTER_DEFAULT_DTYPES.pop()
         torch.set_default_dtype(previous)
+
+
+def output_dtype() -> torch.dtype:
+    """The dtype forward outputs are converted back to: the default dtype outside every ``default_dtype`` block.
+
+    Answering from outside the blocks keeps ``convert_output`` right even when it runs inside ``forward_context``.
+    """
+    return _OUTER_DEFAULT_DTYPES[0] if _OUTER_DEFAULT_DTYPES else torch.get_default_dtype()
+
+
+def check_choice(what: str, value: object, choices: Iterable[str]) -> None:
+    """Raise ``ValueError`` naming ``value`` and listing ``choices`` unless ``value`` is one of them."""
+    options = tuple(choices)
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"Unknown {what} {value!r}. Choose one of: {', '.join(options)}")
+
+
+#: the compute dtype of each built-in precision name
+PRECISION_DTYPES: dict[str, torch.dtype] = {
+    "64-true": torch.float64,
+    "32-true": torch.float32,
+    "16-true": torch.float16,
+    "bf16-true": torch.bfloat16,
+    "16-mixed": torch.float16,
+    "bf16-mixed": torch.bfloat16,
+}
+
+
+def replace_submodule(root: Module, name: str, replacement: Module) -> None:
+    """Put ``replacement`` where the submodule ``name`` (a qualified name from ``named_modules()``) is."""
+    parent_name, _, child_name = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child_name, replacement)
