@@ -5,24 +5,31 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import os
-import pickle
 import socket
 import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from multiprocessing.connection import Connection, wait
+from typing import Any, Literal
 
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT = 120.0
+# after the first rank fails, how long the others get to finish or report their own error before they are stopped
+FAILURE_GRACE = 3.0
 
 
 class DistributedTestError(AssertionError):
-    """One or more ranks failed; the message holds each failing rank's traceback."""
+    """One or more ranks failed. The message holds each failing rank's traceback; ``errors`` maps rank -> text."""
+
+    def __init__(self, message: str, errors: dict[int, str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = dict(errors or {})
 
 
 def find_free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -40,6 +47,11 @@ def destroy_process_group_cleanly() -> None:
     gc.collect()
 
 
+def _describe(err: BaseException) -> str:
+    tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    return f"{type(err).__name__}: {err}\n{tb}"
+
+
 def _worker(
     rank: int,
     world_size: int,
@@ -47,11 +59,15 @@ def _worker(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    queue: Any,
+    conn: Connection,
     init_process_group: bool,
     backend: str,
     pg_timeout: float,
+    parent_env: dict[str, str],
 ) -> None:
+    # a forkserver child inherits the server's environment, not the caller's: give every start method the caller's
+    os.environ.clear()
+    os.environ.update(parent_env)
     os.environ.update(
         {
             "MASTER_ADDR": "127.0.0.1",
@@ -61,23 +77,53 @@ def _worker(
             "WORLD_SIZE": str(world_size),
             "LOCAL_WORLD_SIZE": str(world_size),
             "GROUP_RANK": "0",
+            "NODE_RANK": "0",
         }
     )
     try:
-        if init_process_group:
-            dist.init_process_group(
-                backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=pg_timeout)
-            )
-        result = fn(rank, world_size, *args, **kwargs)
         try:
-            payload = pickle.dumps(result)
-        except Exception:
-            payload = pickle.dumps(None)
-        queue.put((rank, "ok", payload))
-    except BaseException as err:  # report everything, including SystemExit, to the parent
-        queue.put((rank, "error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
+            if init_process_group:
+                timeout = timedelta(seconds=pg_timeout)
+                dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
+            result = fn(rank, world_size, *args, **kwargs)
+        except BaseException as err:  # report everything, SystemExit and KeyboardInterrupt included
+            conn.send(("error", _describe(err)))
+            return
+        try:
+            conn.send(("ok", result))
+        except Exception as err:  # the result cannot be pickled
+            conn.send(("error", f"rank {rank} returned {type(result).__name__}, which cannot be sent back: {err}"))
     finally:
+        conn.close()
         destroy_process_group_cleanly()
+
+
+def _receive(rank: int, conn: Connection, proc: Any) -> tuple[str, Any] | None:
+    """The outcome a rank sent, an error if it died without sending one, or ``None`` while it is still working."""
+    if conn.poll():
+        try:
+            status, payload = conn.recv()
+            return status, payload
+        except EOFError:
+            pass  # the process closed its end without sending: it died
+        except Exception as err:  # the result could not be unpickled here
+            return "error", f"rank {rank}'s result could not be received: {type(err).__name__}: {err}"
+    if proc.exitcode is None:
+        proc.join(0.5)  # the pipe closes a moment before the exit code is known
+    if proc.exitcode is None:
+        return None
+    return "error", f"the process exited with code {proc.exitcode} without reporting a result or an exception"
+
+
+def _stop(procs: list[Any]) -> None:
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(2)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
 
 
 def run_processes(
@@ -85,7 +131,7 @@ def run_processes(
     *args: Any,
     world_size: int = 2,
     timeout: float = DEFAULT_TIMEOUT,
-    start_method: str = "spawn",
+    start_method: Literal["spawn", "forkserver", "fork"] = "spawn",
     init_process_group: bool = True,
     backend: str = "gloo",
     pg_timeout: float = 30.0,
@@ -93,76 +139,76 @@ def run_processes(
 ) -> list[Any]:
     """Call ``fn(rank, world_size, *args, **kwargs)`` in ``world_size`` fresh processes; return each rank's result.
 
-    With ``init_process_group=True`` each process joins a ``backend`` process group (with a short ``pg_timeout``
-    so a broken test never waits for gloo's 30-minute default) before ``fn`` runs and leaves it cleanly afterwards.
-    If any rank fails or the whole run exceeds ``timeout`` seconds, every process is stopped and
-    ``DistributedTestError`` is raised with every failing rank's traceback. ``fn`` must be importable (defined at
-    module level) when ``start_method`` is "spawn".
+    Each process sees the variables torchrun would set (``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``LOCAL_RANK``,
+    ``WORLD_SIZE``, ...). With ``init_process_group=True`` it joins a ``backend`` process group (with a short
+    ``pg_timeout``, so a collective waiting for a dead rank does not wait for gloo's 30-minute default) before ``fn``
+    runs, and leaves it cleanly afterwards. When a rank fails, the others get a few seconds to finish or report their
+    own failure, then every process still running is stopped and ``DistributedTestError`` is raised with each failing
+    rank's exception and traceback; the same happens when the whole run exceeds ``timeout`` seconds. Results must be
+    picklable. ``fn`` must be importable (defined at module level) unless ``start_method`` is "fork". Every start
+    method gives the processes the caller's current environment variables.
     """
-    ctx = mp.get_context(start_method)
-    queue = ctx.Queue()
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    ctx: Any = mp.get_context(start_method)
     port = find_free_port()
-    procs = [
-        ctx.Process(
+    env = dict(os.environ)
+    procs: list[Any] = []
+    readers: list[Connection] = []
+    for rank in range(world_size):
+        reader, writer = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
             target=_worker,
-            args=(rank, world_size, port, fn, args, kwargs, queue, init_process_group, backend, pg_timeout),
+            args=(rank, world_size, port, fn, args, kwargs, writer, init_process_group, backend, pg_timeout, env),
             name=f"fabric-test-rank-{rank}",
         )
-        for rank in range(world_size)
-    ]
-    for p in procs:
-        p.start()
+        proc.start()
+        writer.close()  # the child holds its own copy; closing ours lets the reader see EOF when the child dies
+        procs.append(proc)
+        readers.append(reader)
     results: dict[int, Any] = {}
     errors: dict[int, str] = {}
+    pending = set(range(world_size))
     deadline = time.monotonic() + timeout
+    first_failure = deadline
+    timed_out = False
     try:
-        while len(results) + len(errors) < world_size:
-            remaining = deadline - time.monotonic()
+        while pending:
+            limit = min(deadline, first_failure + FAILURE_GRACE)
+            remaining = limit - time.monotonic()
             if remaining <= 0:
-                missing = sorted(set(range(world_size)) - set(results) - set(errors))
-                errors.update({r: f"timed out after {timeout}s" for r in missing})
+                timed_out = limit == deadline
                 break
-            try:
-                rank, status, payload = queue.get(timeout=min(remaining, 0.5))
-            except Exception:
-                dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in results and r not in errors]
-                for r in dead:
-                    # give the queue a moment: a process can exit right after putting its message
-                    time.sleep(0.2)
-                    if queue.empty():
-                        errors[r] = f"process exited with code {procs[r].exitcode} without reporting"
-                continue
-            if status == "ok":
-                results[rank] = pickle.loads(payload)
-            else:
-                errors[rank] = payload
-            if errors:
-                # another rank may be blocked in a collective waiting for the failed one: give it a moment, then stop
-                _collect_for(queue, results, errors, seconds=2.0)
-                break
+            ready = set(wait([readers[r] for r in pending] + [procs[r].sentinel for r in pending], timeout=remaining))
+            for rank in sorted(pending):
+                if readers[rank] not in ready and procs[rank].sentinel not in ready:
+                    continue
+                outcome = _receive(rank, readers[rank], procs[rank])
+                if outcome is None:
+                    continue
+                pending.discard(rank)
+                status, payload = outcome
+                if status == "ok":
+                    results[rank] = payload
+                else:
+                    if not errors:
+                        first_failure = time.monotonic()
+                    errors[rank] = payload
     finally:
-        for p in procs:
-            p.join(timeout=10 if not errors else 1)
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        queue.close()
-        queue.join_thread()
+        _stop(procs)
+        for reader in readers:
+            reader.close()
+    if timed_out:
+        errors.update({r: f"did not finish within timeout={timeout}s" for r in pending})
+        pending.clear()
     if errors:
-        report = "\n".join(f"--- rank {r} ---\n{msg}" for r, msg in sorted(errors.items()))
-        raise DistributedTestError(f"{len(errors)} of {world_size} rank(s) failed:\n{report}")
+        raise DistributedTestError(_report(errors, sorted(pending), world_size), errors)
     return [results[r] for r in range(world_size)]
 
 
-def _collect_for(queue: Any, results: dict[int, Any], errors: dict[int, str], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            rank, status, payload = queue.get(timeout=0.1)
-        except Exception:
-            continue
-        if status == "ok":
-            results[rank] = pickle.loads(payload)
-        else:
-            errors[rank] = payload
+def _report(errors: dict[int, str], stopped: list[int], world_size: int) -> str:
+    lines = [f"{len(errors)} of {world_size} rank(s) failed:"]
+    lines += [f"--- rank {rank} ---\n{text.rstrip()}" for rank, text in sorted(errors.items())]
+    if stopped:
+        lines.append(f"rank(s) {stopped} were still running {FAILURE_GRACE}s after the first failure and were stopped")
+    return "\n".join(lines)

@@ -28,13 +28,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "mps: needs Apple MPS")
     config.addinivalue_line("markers", "standalone: must run in its own process (FABRIC_RUN_STANDALONE_TESTS=1)")
     config.addinivalue_line("markers", "hygiene_exempt: do not check this test for leaks")
+    config.addinivalue_line(
+        "markers", "fabric_requires(check, reason): skip unless check() is true when the test is about to run"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("fabric_requires"):
+        check, reason = marker.args
+        if not check():
+            pytest.skip(reason)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     hardware = config.getoption("--hardware")
     if hardware is None:
         return
-    selected, deselected = [], []
+    selected: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
     for item in items:
         marks = {m for m in HARDWARE_MARKERS if item.get_closest_marker(m) is not None}
         keep = (not marks) if hardware == "cpu" else hardware in marks

@@ -26,6 +26,13 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 STANDALONE_ENV = "FABRIC_RUN_STANDALONE_TESTS"
 
 
+def _cuda_bf16_supported() -> bool:
+    try:
+        return bool(torch.cuda.is_bf16_supported())
+    except (RuntimeError, AssertionError):  # no usable driver after all
+        return False
+
+
 def RunIf(  # noqa: N802 - reads like a marker
     *,
     min_cuda_gpus: int = 0,
@@ -41,10 +48,12 @@ def RunIf(  # noqa: N802 - reads like a marker
     standalone: bool = False,
     skip_windows: bool = False,
 ) -> Callable[[_F], _F]:
-    """Decorate a test with the requirements it has.
+    """Decorate a test (or a class of tests) with the requirements it has.
 
     Tests needing CUDA get the ``cuda`` marker (run by the ``tests_cuda`` nox session), tests needing XLA the ``xla``
-    marker, MPS the ``mps`` marker; each is skipped where the requirement is missing.
+    marker, MPS the ``mps`` marker, standalone tests the ``standalone`` marker; each is skipped, with the reasons
+    listed, where a requirement is missing. Hardware is asked through the ``fabric_utils`` probes (so
+    ``override_hardware`` applies when a test module is imported inside it), without initialising CUDA.
     """
     reasons: list[str] = []
     marks: list[pytest.MarkDecorator] = []
@@ -54,8 +63,10 @@ def RunIf(  # noqa: N802 - reads like a marker
             reasons.append(f"needs {min_cuda_gpus} CUDA GPU(s)")
     if bf16_cuda:
         marks.append(pytest.mark.cuda)
-        if not (cuda_device_count() > 0 and torch.cuda.is_bf16_supported()):
+        if cuda_device_count() == 0:
             reasons.append("needs a CUDA GPU with bf16")
+        else:  # asking the GPU initialises CUDA: do it when the test is about to run, not at collection
+            marks.append(pytest.mark.fabric_requires(_cuda_bf16_supported, "needs a CUDA GPU with bf16"))
     if min_torch is not None:
         from packaging.version import Version
 

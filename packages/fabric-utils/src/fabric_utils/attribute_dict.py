@@ -27,4 +27,4 @@ class AttributeDict(dict):  # type: ignore[type-arg]
         if not self:
             return ""
         width = max(len(str(k)) for k in self)
-        return "\n".join(f'{f"{k!r}":>{width + 2}}: {v!r}' for k, v in sorted(self.items(), key=lambda kv: str(kv[0])))
+        return "\n".join(f"{f'{k!r}':>{width + 2}}: {v!r}" for k, v in sorted(self.items(), key=lambda kv: str(kv[0])))

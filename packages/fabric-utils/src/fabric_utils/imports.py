@@ -13,7 +13,7 @@ from packaging.version import Version
 from fabric_utils.exceptions import MissingDependencyError
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def module_available(module_name: str) -> bool:
     """Whether ``module_name`` can be imported, answered without importing it (parents excepted)."""
     try:
@@ -36,8 +36,14 @@ class OptionalDependency:
     The error names the feature that needs it and the command that installs it.
     """
 
-    def __init__(self, module: str, distribution: str | None = None, *, install: str | None = None,
-                 min_version: str | None = None) -> None:
+    def __init__(
+        self,
+        module: str,
+        distribution: str | None = None,
+        *,
+        install: str | None = None,
+        min_version: str | None = None,
+    ) -> None:
         self.module = module
         self.distribution = distribution or module
         self.install = install or f"pip install {self.distribution}"
@@ -45,6 +51,7 @@ class OptionalDependency:
 
     @property
     def available(self) -> bool:
+        """Whether the module can be imported (and, with ``min_version``, is recent enough); nothing is imported."""
         if not module_available(self.module):
             return False
         if self.min_version is None:
@@ -56,10 +63,13 @@ class OptionalDependency:
         return self.available
 
     def require(self, feature: str = "this feature") -> ModuleType:
-        """Import and return the module, or raise ``MissingDependencyError`` with the install command."""
+        """Import and return the module, or raise ``MissingDependencyError`` naming ``feature``, the requirement,
+        what is installed instead, and the command that installs it."""
         if not self.available:
             needed = f"{self.distribution}>={self.min_version}" if self.min_version else self.distribution
-            raise MissingDependencyError(f"{feature} requires `{needed}`, which is not installed. Run: {self.install}")
+            found = package_version(self.distribution) if module_available(self.module) else None
+            state = f"only version {found} is installed" if found is not None else "it is not installed"
+            raise MissingDependencyError(f"{feature} requires `{needed}`, but {state}. Run: {self.install}")
         return importlib.import_module(self.module)
 
     def __repr__(self) -> str:

@@ -1,7 +1,7 @@
 """Helpers that run something on global rank zero only.
 
-The rank is never read at import time. Until a strategy sets it explicitly, it is looked up lazily from the
-environment variables that common launchers export.
+The rank is never read at import time. Until a strategy sets ``rank_zero_only.rank``, it is looked up lazily from
+the environment variables that common launchers export.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fabric_utils.exceptions import FabricWarning
+from fabric_utils.exceptions import FabricDeprecationWarning, FabricWarning
 
 log = logging.getLogger("fabric")
 
 _T = TypeVar("_T")
 
-_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
+# checked in this order: torchrun/Fabric, SLURM, LSF (jsrun), MPICH/Intel MPI, Open MPI; a local rank is the last
+# resort (it equals the global rank on one node)
+_RANK_VARIABLES = ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "LOCAL_RANK")
 
 
 def rank_from_environment() -> int:
@@ -37,8 +39,8 @@ def rank_from_environment() -> int:
 class _RankZeroOnly:
     """Decorator: the wrapped function runs only where ``rank_zero_only.rank == 0`` and returns ``default`` elsewhere.
 
-    ``rank_zero_only.rank`` can be assigned (strategies set it once the process group exists); until then it is
-    derived from the environment every time it is read.
+    ``rank_zero_only.rank`` can be assigned (strategies set it once the process group exists); assigning ``None``
+    goes back to deriving it from the environment, which happens every time it is read until then.
     """
 
     def __init__(self) -> None:
@@ -50,7 +52,7 @@ class _RankZeroOnly:
 
     @rank.setter
     def rank(self, value: int | None) -> None:
-        if value is not None and (not isinstance(value, int) or value < 0):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"rank_zero_only.rank must be a non-negative int or None, got {value!r}")
         self._rank = value
 
@@ -66,14 +68,20 @@ class _RankZeroOnly:
 
 rank_zero_only = _RankZeroOnly()
 
+# Stack levels below count from inside these helpers: for rank_zero_info/debug, 3 names the line that called them;
+# for rank_zero_warn/deprecation, the default 4 names the caller of the function that called them, like
+# ``warnings.warn(..., stacklevel=2)`` written in that function.
+
 
 @rank_zero_only
-def rank_zero_info(message: str, *args: Any, stacklevel: int = 2, **kwargs: Any) -> None:
+def rank_zero_info(message: str, *args: Any, stacklevel: int = 3, **kwargs: Any) -> None:
+    """``logging.info`` on the ``fabric`` logger, on global rank zero only."""
     log.info(message, *args, stacklevel=stacklevel, **kwargs)
 
 
 @rank_zero_only
-def rank_zero_debug(message: str, *args: Any, stacklevel: int = 2, **kwargs: Any) -> None:
+def rank_zero_debug(message: str, *args: Any, stacklevel: int = 3, **kwargs: Any) -> None:
+    """``logging.debug`` on the ``fabric`` logger, on global rank zero only."""
     log.debug(message, *args, stacklevel=stacklevel, **kwargs)
 
 
@@ -81,16 +89,24 @@ def rank_zero_debug(message: str, *args: Any, stacklevel: int = 2, **kwargs: Any
 def rank_zero_warn(
     message: str | Warning, category: type[Warning] = FabricWarning, stacklevel: int = 4, **kwargs: Any
 ) -> None:
+    """``warnings.warn`` on global rank zero only (category ``FabricWarning`` unless given)."""
     warnings.warn(message, category=category, stacklevel=stacklevel, **kwargs)
 
 
 @rank_zero_only
+def rank_zero_deprecation(message: str, stacklevel: int = 4) -> None:
+    """A ``FabricDeprecationWarning`` on global rank zero only."""
+    warnings.warn(message, category=FabricDeprecationWarning, stacklevel=stacklevel)
+
+
+@rank_zero_only
 def rank_zero_print(*args: Any, **kwargs: Any) -> None:
+    """``print`` on global rank zero only."""
     print(*args, **kwargs)
 
 
 class WarningCache:
-    """Emits each distinct message once (on rank zero)."""
+    """Emits each distinct message once (on rank zero); use one cache per place that may repeat a message."""
 
     def __init__(self) -> None:
         self._seen: set[str] = set()
@@ -100,13 +116,21 @@ class WarningCache:
             self._seen.add(message)
             rank_zero_warn(message, category=category, stacklevel=stacklevel)
 
-    def info(self, message: str) -> None:
+    def deprecation(self, message: str, stacklevel: int = 5) -> None:
         if message not in self._seen:
             self._seen.add(message)
-            rank_zero_info(message, stacklevel=3)
+            rank_zero_deprecation(message, stacklevel=stacklevel)
+
+    def info(self, message: str, stacklevel: int = 4) -> None:
+        if message not in self._seen:
+            self._seen.add(message)
+            rank_zero_info(message, stacklevel=stacklevel)
 
     def clear(self) -> None:
         self._seen.clear()
 
     def __contains__(self, message: object) -> bool:
         return message in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)

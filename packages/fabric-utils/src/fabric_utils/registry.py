@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from fabric_utils.exceptions import UnknownNameError
-
-log = logging.getLogger(__name__)
+from fabric_utils.exceptions import PossibleUserWarning, UnknownNameError
+from fabric_utils.rank_zero import rank_zero_warn
 
 _T = TypeVar("_T")
 
@@ -29,8 +27,9 @@ class Registry(Generic[_T]):
     """Maps names to factories (usually classes) plus default keyword arguments.
 
     Iterating a registry yields its names. Third-party packages add names through the entry-point group given
-    as ``entry_point_group``: each entry point loads to a callable that receives the registry and registers into it.
-    Entry points are loaded lazily, the first time the registry is queried.
+    as ``entry_point_group``. An entry point may load to a class, which is registered under the entry point's name,
+    or to a function, which is called with the registry and registers what it wants. Entry points are loaded
+    lazily, the first time the registry is queried; one that fails to load is reported with a warning and skipped.
     """
 
     def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
@@ -53,6 +52,8 @@ class Registry(Generic[_T]):
             raise ValueError(f"A {self.kind} name must be a non-empty string, got {name!r}")
 
         def do_register(fn: Callable[..., _T]) -> Callable[..., _T]:
+            if not callable(fn):
+                raise TypeError(f"A {self.kind} must be registered with a class or a callable, got {fn!r}")
             if name in self._entries and not override:
                 raise ValueError(
                     f"The {self.kind} name {name!r} is already registered to {self._entries[name].factory!r}."
@@ -67,7 +68,9 @@ class Registry(Generic[_T]):
         return do_register
 
     def remove(self, name: str) -> None:
-        self._entries.pop(name, None)
+        """Forget ``name``; unknown names raise ``UnknownNameError`` listing the known ones."""
+        self.entry(name)
+        del self._entries[name]
 
     def _ensure_entry_points(self) -> None:
         if self._entry_points_loaded:
@@ -76,16 +79,25 @@ class Registry(Generic[_T]):
         assert self.entry_point_group is not None
         for ep in entry_points(group=self.entry_point_group):
             try:
-                hook = ep.load()
-                hook(self)
+                loaded = ep.load()
+                if isinstance(loaded, type):
+                    self.register(ep.name, loaded)
+                elif callable(loaded):
+                    loaded(self)
+                else:
+                    raise TypeError(f"it loads {loaded!r}, which is neither a class nor a registering function")
             except Exception as err:  # a broken plugin must not break every run
-                log.warning("Could not load %s plugin %r from entry point %s: %s", self.kind, ep.name, ep.value, err)
+                rank_zero_warn(
+                    f"Skipped the {self.kind} plugin {ep.name!r} (entry point {ep.value!r} in group"
+                    f" {self.entry_point_group!r}): {type(err).__name__}: {err}",
+                    category=PossibleUserWarning,
+                )
 
     def entry(self, name: str) -> RegistryEntry[_T]:
         self._ensure_entry_points()
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable "name"
             raise UnknownNameError(self.unknown_message(name)) from None
 
     def get(self, name: str) -> Callable[..., _T]:
@@ -98,10 +110,12 @@ class Registry(Generic[_T]):
         return entry.factory(**{**entry.init_kwargs, **kwargs})
 
     def unknown_message(self, name: object, extra_choices: tuple[str, ...] = ()) -> str:
+        """The message for an unknown name: it names the value and lists ``extra_choices`` and every known name."""
         choices = ", ".join([*extra_choices, *self.names()])
         return f"Unknown {self.kind} {name!r}. Choose one of: {choices} (or register your own)."
 
     def names(self) -> list[str]:
+        """The registered names, sorted."""
         self._ensure_entry_points()
         return sorted(self._entries)
 

@@ -12,17 +12,47 @@ import torch
 PathLike = Union[str, Path]
 ReduceOpName = Literal["mean", "avg", "sum", "min", "max", "product"]
 REDUCE_OP_NAMES: tuple[str, ...] = ("mean", "avg", "sum", "min", "max", "product")
+"""Accepted reduction names; ``check_reduce_op`` returns one of them, with ``avg`` normalised to ``mean``."""
+
+
+_REDUCE_OP_ALIASES = {"avg": "mean"}
+
+
+def _reduce_op_name(reduce_op: object) -> str | None:
+    """The lowercase name of a ``torch.distributed.ReduceOp`` (or one of its members), else ``None``."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed import ReduceOp
+
+    if isinstance(reduce_op, ReduceOp.RedOpType):
+        return reduce_op.name.lower()
+    if isinstance(reduce_op, ReduceOp) and not isinstance(reduce_op, type):
+        op = getattr(reduce_op, "op", None)
+        if isinstance(op, ReduceOp.RedOpType):
+            return op.name.lower()
+    return None
 
 
 def check_reduce_op(reduce_op: object) -> str:
-    """Validate a reduction name (case-insensitive) or ``torch.distributed.ReduceOp``; return it normalised."""
+    """Validate a reduction given by name (case-insensitive) or as ``torch.distributed.ReduceOp``.
+
+    Returns the canonical lowercase name: for names one of ``mean``, ``sum``, ``min``, ``max``, ``product`` (``avg``
+    becomes ``mean``); for a ``ReduceOp`` its member's name (``ReduceOp.AVG`` becomes ``mean``, ``ReduceOp.BAND``
+    ``band``). Anything else raises ``ValueError`` naming it and listing the choices, so a mistake surfaces on a
+    single device too, where the reduction itself does nothing.
+    """
     if isinstance(reduce_op, str):
-        name = reduce_op.lower()
+        name = _REDUCE_OP_ALIASES.get(reduce_op.lower(), reduce_op.lower())
         if name in REDUCE_OP_NAMES:
-            return "mean" if name == "avg" else name
-    elif reduce_op is not None and type(reduce_op).__name__ in ("ReduceOp", "RedOpType"):
-        return str(reduce_op)
-    raise ValueError(f"Unknown reduce_op {reduce_op!r}. Choose one of: {', '.join(REDUCE_OP_NAMES)}")
+            return name
+    else:
+        op_name = _reduce_op_name(reduce_op)
+        if op_name is not None:
+            return _REDUCE_OP_ALIASES.get(op_name, op_name)
+    raise ValueError(
+        f"Unknown reduce_op {reduce_op!r}. Choose one of: {', '.join(REDUCE_OP_NAMES)} (case-insensitive),"
+        " or a torch.distributed.ReduceOp"
+    )
 
 
 @runtime_checkable
