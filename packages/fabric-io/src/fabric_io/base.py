@@ -29,7 +29,7 @@ class CheckpointIO(ABC):
     def remove_checkpoint(self, path: PathLike) -> None:
         """Remove the file or directory at ``path``."""
 
-    def teardown(self) -> None:
+    def teardown(self) -> None:  # noqa: B027 - an optional hook: nothing to finish by default
         """Finish pending work (e.g. an asynchronous save) and release resources."""
 
     def __repr__(self) -> str:

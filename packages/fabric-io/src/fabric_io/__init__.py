@@ -1,0 +1,47 @@
+"""fabric-io: how checkpoints reach storage -- atomic single files on any fsspec URL, async saves, XLA, sharded DCP."""
+
+from fabric_io.async_io import AsyncCheckpointIO
+from fabric_io.atomic import atomic_save
+from fabric_io.base import CheckpointIO
+from fabric_io.filesystem import (
+    exists,
+    get_filesystem,
+    is_remote_path,
+    isdir,
+    join_path,
+    makedirs,
+    remove_path,
+)
+from fabric_io.sharded import (
+    METADATA_FILE,
+    check_sharded_checkpoint,
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    read_sharded_metadata,
+    save_sharded_checkpoint,
+)
+from fabric_io.torch_io import TorchCheckpointIO
+from fabric_io.xla import XLACheckpointIO
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METADATA_FILE",
+    "AsyncCheckpointIO",
+    "CheckpointIO",
+    "TorchCheckpointIO",
+    "XLACheckpointIO",
+    "atomic_save",
+    "check_sharded_checkpoint",
+    "exists",
+    "get_filesystem",
+    "is_remote_path",
+    "is_sharded_checkpoint",
+    "isdir",
+    "join_path",
+    "load_sharded_checkpoint",
+    "makedirs",
+    "read_sharded_metadata",
+    "remove_path",
+    "save_sharded_checkpoint",
+]

@@ -1,0 +1,236 @@
+"""Sharded checkpoints: ``torch.distributed.checkpoint`` (DCP) directories that are complete or absent, never half.
+
+DCP has every rank write its shards and the coordinator write the ``.metadata`` file last. On top of that,
+``save_sharded_checkpoint`` writes into a hidden sibling directory and renames it into place only once it is complete,
+so an interrupted save never leaves a half-written directory at the target, and an existing checkpoint there is kept
+until the new one is complete. ``load_sharded_checkpoint`` refuses a directory without ``.metadata`` instead of
+half-loading it.
+
+These functions are collective when a process group is initialised: every rank of the group must call them. The
+directory must be on a filesystem that every rank sees (local disk for one node, a shared filesystem otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch.distributed as dist
+
+from fabric_io.filesystem import exists, fsync_directory, is_remote_path, isdir, join_path, local_path
+from fabric_utils import PathLike
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.metadata import Metadata
+
+METADATA_FILE = ".metadata"
+"""The file DCP writes last; its presence marks a complete sharded checkpoint."""
+
+
+def is_sharded_checkpoint(path: PathLike) -> bool:
+    """Whether ``path`` is a complete sharded checkpoint: a directory holding DCP's ``.metadata`` file."""
+    if not is_remote_path(path):
+        directory = local_path(path)
+        return os.path.isdir(directory) and os.path.isfile(os.path.join(directory, METADATA_FILE))
+    return isdir(path) and exists(join_path(path, METADATA_FILE))
+
+
+def save_sharded_checkpoint(
+    state_dict: dict[str, Any], path: PathLike, *, process_group: dist.ProcessGroup | None = None
+) -> None:
+    """Save ``state_dict`` (tensors, DTensors, ShardedTensors, plain objects) as a DCP directory at ``path``.
+
+    Collective: every rank of ``process_group`` (the default group when None; none at all in a single process) calls
+    it with its own shards. Rank 0 prepares a hidden sibling directory, all ranks write into it, and rank 0 renames it
+    to ``path`` once DCP has written the metadata. An existing checkpoint (or file) at ``path`` is replaced only
+    then; an existing directory that is not a sharded checkpoint is refused rather than deleted. A failure on any
+    rank raises on every rank (with each failing rank's error in the message) and leaves ``path`` as it was.
+    """
+    target = _local_directory(path)
+    staging, previous = _staging_paths(target)
+    distributed = dist.is_available() and dist.is_initialized()
+    _on_rank_zero(_prepare_staging, (target, staging), process_group, distributed)
+    import torch.distributed.checkpoint as dcp  # imported on use: it takes a second to import
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
+        try:
+            dcp.save(state_dict, checkpoint_id=staging, process_group=process_group, no_dist=not distributed)
+        except dcp.CheckpointException as err:
+            raise _unwrap("Saving", path, err) from err
+    _on_rank_zero(_commit, (staging, target, previous), process_group, distributed)
+
+
+def load_sharded_checkpoint(
+    state_dict: dict[str, Any],
+    path: PathLike,
+    *,
+    strict: bool = True,
+    process_group: dist.ProcessGroup | None = None,
+) -> dict[str, Any]:
+    """Load the DCP checkpoint at ``path`` into ``state_dict`` in place (resharding to this run's layout); return it.
+
+    Raises ``FileNotFoundError`` when ``path`` does not exist and ``ValueError`` when it is not a complete sharded
+    checkpoint (a file, or a directory without ``.metadata``: an interrupted save). With ``strict=False`` keys of
+    ``state_dict`` that the checkpoint lacks are left as they are instead of raising (``RuntimeError`` naming the
+    missing key with ``strict=True``; a shape mismatch raises ``ValueError``).
+    """
+    directory = check_sharded_checkpoint(path)
+    distributed = dist.is_available() and dist.is_initialized()
+    import torch.distributed.checkpoint as dcp  # imported on use: it takes a second to import
+
+    planner = dcp.DefaultLoadPlanner(allow_partial_load=not strict)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to (load|save) in a single process")
+        try:
+            dcp.load(
+                state_dict,
+                checkpoint_id=directory,
+                planner=planner,
+                process_group=process_group,
+                no_dist=not distributed,
+            )
+        except dcp.CheckpointException as err:
+            raise _unwrap("Loading", path, err) from err
+    return state_dict
+
+
+def read_sharded_metadata(path: PathLike) -> Metadata:
+    """The DCP metadata of the checkpoint at ``path`` (``.state_dict_metadata`` maps each saved key to its shape)."""
+    directory = check_sharded_checkpoint(path)
+    import torch.distributed.checkpoint as dcp  # imported on use: it takes a second to import
+
+    return dcp.FileSystemReader(directory).read_metadata()
+
+
+def check_sharded_checkpoint(path: PathLike) -> str:
+    """Return ``path`` as a local directory if it is a complete sharded checkpoint; raise an error naming it if not."""
+    directory = _local_directory(path)
+    if not os.path.exists(directory):
+        raise FileNotFoundError(f"Sharded checkpoint not found: {os.fspath(path)!r}{_leftover_hint(directory)}")
+    if not os.path.isdir(directory):
+        raise ValueError(
+            f"{os.fspath(path)!r} is a file, not a sharded checkpoint directory; load single-file checkpoints with "
+            "TorchCheckpointIO."
+        )
+    if not os.path.isfile(os.path.join(directory, METADATA_FILE)):
+        raise ValueError(
+            f"The sharded checkpoint {os.fspath(path)!r} is incomplete: it has no {METADATA_FILE!r} file, which "
+            "torch.distributed.checkpoint writes last, so the save that produced it did not finish. Load an "
+            "earlier checkpoint or save this one again."
+        )
+    return directory
+
+
+def _unwrap(action: str, path: PathLike, err: BaseException) -> Exception:
+    """DCP's ``CheckpointException`` (a BaseException that ``except Exception`` misses) as a plain exception.
+
+    It keeps the failing ranks' exception type when they agree on a common one (``RuntimeError`` for a missing key,
+    ``ValueError`` for a shape mismatch, ``TypeError`` for an object that cannot be pickled, ``OSError``...).
+    """
+    failures = {rank: failure[0] for rank, failure in getattr(err, "failures", {}).items()}
+    summary = "; ".join(f"rank {rank}: {type(exc).__name__}: {exc}" for rank, exc in sorted(failures.items()))
+    message = f"{action} the sharded checkpoint {os.fspath(path)!r} failed ({summary or err})"
+    kinds = {type(exc) for exc in failures.values()}
+    kind = kinds.pop() if len(kinds) == 1 else RuntimeError
+    if not issubclass(kind, (ValueError, TypeError, RuntimeError, OSError)):
+        kind = RuntimeError
+    try:
+        return kind(message)
+    except Exception:
+        return RuntimeError(message)
+
+
+def _staging_paths(target: str) -> tuple[str, str]:
+    """The hidden siblings a save uses: the directory being written and the replaced checkpoint kept until the end."""
+    parent, name = os.path.split(os.path.abspath(target))
+    return os.path.join(parent, f".{name}.partial"), os.path.join(parent, f".{name}.old")
+
+
+def _leftover_hint(target: str) -> str:
+    """Where a save that was interrupted while replacing ``target`` left the complete checkpoints, if anywhere."""
+    complete = [path for path in _staging_paths(target) if is_sharded_checkpoint(path)]
+    if not complete:
+        return ""
+    return (
+        ". A save was interrupted while replacing it; complete checkpoints remain at: "
+        + ", ".join(repr(path) for path in complete)
+        + " (rename one to the target path to use it)"
+    )
+
+
+def _local_directory(path: PathLike) -> str:
+    if is_remote_path(path):
+        raise ValueError(
+            f"Sharded checkpoints are written to a local or shared filesystem directory, got the URL "
+            f"{os.fspath(path)!r}. Save a single-file checkpoint to URLs, or mount the bucket as a filesystem."
+        )
+    return local_path(path)
+
+
+def _prepare_staging(target: str, staging: str) -> None:
+    if os.path.isdir(target) and not is_sharded_checkpoint(target) and os.listdir(target):
+        raise ValueError(
+            f"Refusing to replace {target!r} with a sharded checkpoint: it is a non-empty directory that is not a "
+            f"sharded checkpoint (no {METADATA_FILE!r} file). Choose another path or remove it first."
+        )
+    _remove(staging)  # left over from an interrupted save
+    os.makedirs(staging)
+
+
+def _commit(staging: str, target: str, previous: str) -> None:
+    assert os.path.isfile(os.path.join(staging, METADATA_FILE)), f"DCP wrote no metadata in {staging!r}"
+    _remove(previous)
+    if os.path.lexists(target):
+        # keep the old checkpoint until the new one is in place; only then delete it
+        os.rename(target, previous)
+    os.rename(staging, target)
+    _remove(previous)
+    fsync_directory(os.path.dirname(target))
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _on_rank_zero(
+    function: Callable[..., None],
+    args: tuple[Any, ...],
+    process_group: dist.ProcessGroup | None,
+    distributed: bool,
+) -> None:
+    """Run ``function`` on the group's rank 0 only; every rank returns once it is done, or raises what it raised."""
+    if not distributed:
+        function(*args)
+        return
+    outcome: list[BaseException | None] = [None]
+    if dist.get_rank(process_group) == 0:
+        try:
+            function(*args)
+        except Exception as err:
+            _broadcast([_portable(err)], process_group)
+            raise
+    _broadcast(outcome, process_group)
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def _portable(err: Exception) -> BaseException:
+    """``err`` if it survives pickling (to reach the other ranks), else a RuntimeError with its message."""
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:
+        return RuntimeError(f"Rank 0 failed while writing the sharded checkpoint: {type(err).__name__}: {err}")
+    return err
+
+
+def _broadcast(outcome: list[Any], process_group: dist.ProcessGroup | None) -> None:
+    source = 0 if process_group is None else dist.get_global_rank(process_group, 0)
+    dist.broadcast_object_list(outcome, src=source, group=process_group)

@@ -1,0 +1,46 @@
+"""Freezes the public surface of ``fabric_io``: a change here is a change to what other packages may import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import fabric_io
+
+PUBLIC = [
+    "METADATA_FILE",
+    "AsyncCheckpointIO",
+    "CheckpointIO",
+    "TorchCheckpointIO",
+    "XLACheckpointIO",
+    "atomic_save",
+    "check_sharded_checkpoint",
+    "exists",
+    "get_filesystem",
+    "is_remote_path",
+    "is_sharded_checkpoint",
+    "isdir",
+    "join_path",
+    "load_sharded_checkpoint",
+    "makedirs",
+    "read_sharded_metadata",
+    "remove_path",
+    "save_sharded_checkpoint",
+]
+
+
+def test_public_surface_is_frozen() -> None:
+    assert fabric_io.__all__ == PUBLIC
+    for name in PUBLIC:
+        assert getattr(fabric_io, name) is not None
+    assert fabric_io.__version__ == "0.1.0"
+
+
+def test_import_is_light_and_has_no_side_effects() -> None:
+    code = (
+        "import os, sys; before = dict(os.environ); import fabric_io; "
+        "names = ('s3fs', 'torch_xla', 'boto3', 'moto', 'torch.distributed.checkpoint'); "
+        "heavy = [m for m in names if m in sys.modules]; "
+        "assert not heavy, heavy; assert dict(os.environ) == before"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
