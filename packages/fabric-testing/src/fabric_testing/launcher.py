@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import os
+import pickle
 import socket
 import time
 import traceback
@@ -87,12 +88,17 @@ def _worker(
                 dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
             result = fn(rank, world_size, *args, **kwargs)
         except BaseException as err:  # report everything, SystemExit and KeyboardInterrupt included
-            conn.send(("error", _describe(err)))
+            conn.send_bytes(pickle.dumps(("error", _describe(err))))
             return
         try:
-            conn.send(("ok", result))
+            # plain pickle: tensors travel as bytes, not as shared-memory handles that die with this process
+            conn.send_bytes(pickle.dumps(("ok", result)))
         except Exception as err:  # the result cannot be pickled
-            conn.send(("error", f"rank {rank} returned {type(result).__name__}, which cannot be sent back: {err}"))
+            conn.send_bytes(
+                pickle.dumps(
+                    ("error", f"rank {rank} returned {type(result).__name__}, which cannot be sent back: {err}")
+                )
+            )
     finally:
         conn.close()
         destroy_process_group_cleanly()
@@ -102,7 +108,7 @@ def _receive(rank: int, conn: Connection, proc: Any) -> tuple[str, Any] | None:
     """The outcome a rank sent, an error if it died without sending one, or ``None`` while it is still working."""
     if conn.poll():
         try:
-            status, payload = conn.recv()
+            status, payload = pickle.loads(conn.recv_bytes())
             return status, payload
         except EOFError:
             pass  # the process closed its end without sending: it died
