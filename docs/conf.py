@@ -1,0 +1,48 @@
+"""Sphinx configuration: a Markdown (MyST) user guide and an API reference generated from the packages' docstrings.
+
+Build: ``nox -s docs`` (``sphinx-build -W --keep-going -b html docs docs/_build``; warnings are errors).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "_ext"))
+
+project = "fabric"
+author = "the fabric authors"
+copyright = "the fabric authors"
+release = "0.1.0"
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "package_api",  # docs/_ext/package_api.py: one API page per package from its __all__
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "_ext"]
+
+# MyST: ```{note} fences, :::-fences, and headings as link targets (#launching) up to level 3
+myst_enable_extensions = ["colon_fence"]
+myst_heading_anchors = 3
+
+# autodoc: what the public names document themselves
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_typehints_format = "short"
+autodoc_preserve_defaults = True
+autodoc_inherit_docstrings = False  # an override without its own docstring is documented on its base class
+autodoc_class_signature = "mixed"
+
+# napoleon: the packages write Google-style docstrings ("Args:")
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+
+html_theme = "alabaster"
+html_title = "fabric"
+html_static_path: list[str] = []
