@@ -1,0 +1,42 @@
+"""The ``fabric`` command group and its entry point."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from fabric_core.cli.consolidate import consolidate
+from fabric_core.cli.environment import env
+from fabric_core.cli.run import run
+
+USAGE_ERROR = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """fabric: run, inspect and convert fabric training jobs."""
+
+
+cli.add_command(run)
+cli.add_command(consolidate)
+cli.add_command(env)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of the ``fabric`` executable: usage errors print one line and exit with code 2."""
+    try:
+        code = cli.main(args=list(args) if args is not None else None, prog_name="fabric", standalone_mode=False)
+    except click.UsageError as err:
+        message = " ".join(err.format_message().split())
+        command = err.ctx.command_path if err.ctx is not None else "fabric"
+        click.echo(f"{command}: error: {message}", err=True)
+        sys.exit(USAGE_ERROR)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as err:
+        click.echo(f"fabric: error: {' '.join(err.format_message().split())}", err=True)
+        sys.exit(err.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

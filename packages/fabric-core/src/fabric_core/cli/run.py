@@ -1,0 +1,227 @@
+"""``fabric run``: start a script (or module) on every device of every node through torch's elastic launcher.
+
+The choices reach ``Fabric()`` in each process through ``FABRIC_ACCELERATOR``, ``FABRIC_STRATEGY``,
+``FABRIC_DEVICES``, ``FABRIC_NUM_NODES`` and ``FABRIC_PRECISION`` (only the options given on the command line are
+set). The processes are started by ``torch.distributed.run`` (torchrun), so ``--max-restarts`` restarts every
+process of the node when one fails, and a failing process stops the others. Unless ``OMP_NUM_THREADS`` is set, each
+process gets an equal share of the node's cores.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from fabric_core.connector import (
+    ENV_ACCELERATOR,
+    ENV_DEVICES,
+    ENV_NUM_NODES,
+    ENV_PRECISION,
+    ENV_STRATEGY,
+    Plan,
+    resolve_plan,
+)
+
+#: the main port used for multi-node runs when --main-port is not given (single-node runs pick a free port)
+DEFAULT_MULTI_NODE_PORT = 29400
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """A validated ``fabric run`` command line."""
+
+    target: str
+    is_module: bool
+    script_args: tuple[str, ...]
+    processes_per_node: int
+    num_nodes: int
+    node_rank: int
+    main_address: str
+    main_port: int
+    max_restarts: int
+    environment: dict[str, str]
+
+
+def _bad(param: str, message: str) -> click.BadParameter:
+    return click.BadParameter(message, param_hint=f"'{param}'")
+
+
+@click.command(
+    context_settings={"ignore_unknown_options": True, "help_option_names": ["-h", "--help"]},
+    short_help="Run a script on several devices/nodes.",
+)
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="SCRIPT [SCRIPT_ARGS]...")
+@click.option("-m", "--module", "module", default=None, metavar="MODULE", help="Run a module (like python -m).")
+@click.option("--accelerator", default=None, help="auto, cpu, cuda, gpu, mps, or any registered accelerator.")
+@click.option("--strategy", default=None, help="auto, ddp, fsdp, deepspeed, ... (any registered strategy).")
+@click.option("--devices", default=None, help='Devices per node: "auto", a count, -1 (all) or indices "0,1".')
+@click.option("--num-nodes", type=click.IntRange(min=1), default=None, help="Number of machines.")
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True, help="This machine's rank.")
+@click.option("--main-address", default="127.0.0.1", show_default=True, help="Address of the node with rank 0.")
+@click.option(
+    "--main-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help=f"Port on the main node (default: a free port on one node, {DEFAULT_MULTI_NODE_PORT} on several).",
+)
+@click.option("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, bf16-true, 64-true, ...")
+@click.option(
+    "--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, help="Restarts after a failure."
+)
+def run(script_args: tuple[str, ...], module: str | None, **options: Any) -> None:
+    """Run SCRIPT (or -m MODULE) with its arguments in one process per device and node.
+
+    Options may come before or after SCRIPT; put `--` before script arguments that share a name with an option.
+    """
+    config = build_run_config(script_args, module, **options)
+    sys.exit(launch(config))
+
+
+def build_run_config(
+    script_args: Sequence[str],
+    module: str | None,
+    *,
+    accelerator: str | None,
+    strategy: str | None,
+    devices: str | None,
+    num_nodes: int | None,
+    node_rank: int,
+    main_address: str,
+    main_port: int | None,
+    precision: str | None,
+    max_restarts: int,
+) -> RunConfig:
+    """Validate the command line (raising ``click.BadParameter``/``UsageError``) and decide what to start."""
+    nodes = 1 if num_nodes is None else num_nodes
+    if node_rank >= nodes:
+        raise _bad("--node-rank", f"{node_rank} is out of range for --num-nodes {nodes}: choose 0 to {nodes - 1}.")
+    plan = _resolve(accelerator, strategy, devices, nodes, precision)
+    target, is_module, rest = _target(script_args, module)
+    if plan.accelerator in ("xla", "tpu"):
+        raise _bad(
+            "--accelerator",
+            f"{accelerator or 'auto'!r} resolves to XLA, whose processes fabric starts itself: run the script with"
+            " python and call fabric.launch() instead of using `fabric run`.",
+        )
+    single_process = plan.strategy == "dp"
+    given = {
+        ENV_ACCELERATOR: accelerator,
+        ENV_STRATEGY: strategy,
+        ENV_DEVICES: devices,
+        ENV_NUM_NODES: None if num_nodes is None else str(num_nodes),
+        ENV_PRECISION: precision,
+    }
+    return RunConfig(
+        target=target,
+        is_module=is_module,
+        script_args=tuple(rest),
+        processes_per_node=1 if single_process else plan.num_processes,
+        num_nodes=nodes,
+        node_rank=node_rank,
+        main_address=main_address,
+        main_port=main_port if main_port is not None else _default_port(nodes),
+        max_restarts=max_restarts,
+        environment={name: value for name, value in given.items() if value is not None},
+    )
+
+
+def _target(script_args: Sequence[str], module: str | None) -> tuple[str, bool, list[str]]:
+    args = list(script_args)
+    if module is not None:
+        if not module or module.startswith("-"):
+            raise _bad("-m", f"{module!r} is not a module name; use -m package.module")
+        return module, True, args
+    if not args:
+        raise click.UsageError("Missing SCRIPT: give the script to run (or -m MODULE).")
+    script = args[0]
+    if script.startswith("-"):
+        raise click.UsageError(f"No such option: {script}. Run `fabric run --help` for the options.")
+    if not os.path.isfile(script):
+        raise _bad("SCRIPT", f"the script {script!r} does not exist (or is not a file).")
+    return script, False, args[1:]
+
+
+def _resolve(
+    accelerator: str | None, strategy: str | None, devices: str | None, num_nodes: int, precision: str | None
+) -> Plan:
+    """The plan the processes will resolve to, computed here so a bad value fails before anything starts."""
+    names = {"--accelerator": accelerator, "--strategy": strategy, "--devices": devices, "--precision": precision}
+    try:
+        return resolve_plan(
+            accelerator=accelerator or "auto",
+            strategy=strategy or "auto",
+            devices=devices or "auto",
+            num_nodes=num_nodes,
+            precision=precision,
+            environ={},
+            interactive=False,
+        )
+    except (ValueError, TypeError) as err:
+        message = str(err)
+        param = next((name for name, value in names.items() if value is not None and str(value) in message), None)
+        if param is None:
+            raise click.UsageError(message) from None
+        raise _bad(param, message) from None
+
+
+def _default_port(num_nodes: int) -> int:
+    if num_nodes > 1:
+        return DEFAULT_MULTI_NODE_PORT
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def torchrun_arguments(config: RunConfig) -> list[str]:
+    """The ``torch.distributed.run`` command line for ``config``."""
+    args = [
+        f"--nproc-per-node={config.processes_per_node}",
+        f"--nnodes={config.num_nodes}",
+        f"--node-rank={config.node_rank}",
+        f"--master-addr={config.main_address}",
+        f"--master-port={config.main_port}",
+        f"--max-restarts={config.max_restarts}",
+    ]
+    if config.is_module:
+        args.append("--module")
+    return [*args, config.target, *config.script_args]
+
+
+def launch(config: RunConfig) -> int:
+    """Start the processes of this node with torch's elastic launcher; return the exit code for ``fabric run``."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
+
+    os.environ.update(config.environment)
+    if "OMP_NUM_THREADS" not in os.environ:
+        # share the cores between the processes of this node (torchrun would pick 1 and warn about it)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // config.processes_per_node))
+    arguments = get_args_parser().parse_args(torchrun_arguments(config))
+    try:
+        torchrun(arguments)
+    except ChildFailedError as err:
+        click.echo(f"fabric run: {_describe_failures(err)}; every process of the run was stopped.", err=True)
+        _, first = err.get_first_failure()
+        return first.exitcode if isinstance(first.exitcode, int) and first.exitcode > 0 else 1
+    return 0
+
+
+def _describe_failures(err: Any) -> str:
+    """Every failed process, the first one observed first (each printed its own traceback above)."""
+    first_rank, _ = err.get_first_failure()
+    ranks = sorted(err.failures, key=lambda rank: (rank != first_rank, rank))
+    parts = []
+    for rank in ranks:
+        failure = err.failures[rank]
+        parts.append(
+            f"rank {rank} (local rank {failure.local_rank}, pid {failure.pid}) failed with exit code {failure.exitcode}"
+        )
+    return "; ".join(parts)

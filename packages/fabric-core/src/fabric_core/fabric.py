@@ -1,0 +1,496 @@
+"""``Fabric``, the one object a training script talks to; thin, it delegates to the parts the connector built."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import weakref
+from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from fabric_accelerators import Accelerator
+from fabric_core.callbacks import HookCaller, collect_callbacks
+from fabric_core.connector import AcceleratorFlag, Plugin, StrategyFlag, build, is_interactive, resolve_plan
+from fabric_core.data import add_worker_seeding, global_seed, inject_distributed_sampler
+from fabric_core.loader import FabricDataLoader
+from fabric_core.wrappers import FabricModule, FabricOptimizer, is_wrapped, unwrap
+from fabric_strategies import Strategy, SubprocessScriptLauncher
+from fabric_utils import (
+    Logger,
+    PathLike,
+    apply_to_collection,
+    check_reduce_op,
+    convert_tensors_to_scalars,
+    rank_zero_only,
+)
+from fabric_utils import seed_everything as _seed_everything
+
+
+class Fabric:
+    """Scale a PyTorch training loop to any devices, nodes, precision and strategy; the loop stays yours.
+
+    Arguments (keyword only): ``accelerator``, ``strategy``, ``devices``, ``num_nodes``, ``precision``, ``plugins``,
+    ``callbacks``, ``loggers``. Arguments left at their defaults are filled from the ``FABRIC_*`` environment
+    variables that ``fabric run`` sets; an explicit argument that contradicts them raises.
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: AcceleratorFlag = "auto",
+        strategy: StrategyFlag = "auto",
+        devices: list[int] | str | int = "auto",
+        num_nodes: int = 1,
+        precision: str | int | None = None,
+        plugins: Plugin | Sequence[Plugin] | None = None,
+        callbacks: Any = None,
+        loggers: Logger | Sequence[Logger] | None = None,
+    ) -> None:
+        plan = resolve_plan(
+            accelerator=accelerator,
+            strategy=strategy,
+            devices=devices,
+            num_nodes=num_nodes,
+            precision=precision,
+            plugins=plugins,
+        )
+        parts = build(plan)
+        self._plan = plan
+        self._accelerator = parts.accelerator
+        self._strategy = parts.strategy
+        self._precision = parts.precision
+        self._cluster_environment = parts.cluster_environment
+        self._callbacks = collect_callbacks(callbacks)
+        self._hooks = HookCaller()
+        self._loggers = _check_loggers(loggers)
+        self._environment_ready = False
+        self._models_setup = 0
+        self._set_up: weakref.WeakSet[Any] = weakref.WeakSet()
+        if type(self).run is not Fabric.run:
+            # calling `fabric.run(...)` launches the processes and runs the subclass's `run` in each of them
+            self.run = functools.partial(self.launch, type(self).run)  # type: ignore[method-assign]
+
+    # -- properties ----------------------------------------------------------------------------------------------
+    @property
+    def accelerator(self) -> Accelerator:
+        return self._accelerator
+
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    @property
+    def device(self) -> torch.device:
+        """The device of this process."""
+        return self._strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        return self._strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self._strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self._strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self._strategy.is_global_zero
+
+    @property
+    def loggers(self) -> list[Logger]:
+        return list(self._loggers)
+
+    @property
+    def logger(self) -> Logger | None:
+        """The first logger (the main one), or None without loggers."""
+        return self._loggers[0] if self._loggers else None
+
+    # -- launching -----------------------------------------------------------------------------------------------
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Override in a subclass; calling ``fabric.run(...)`` then launches the processes and runs it in each."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.run is not implemented: override run() in a subclass, or pass your function to"
+            " fabric.launch(function)."
+        )
+
+    def launch(self, function: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Start the processes of the run (when fabric must) and set up the process group; then call ``function``.
+
+        ``function(fabric, *args, **kwargs)`` is called in every process. In a process that was started by
+        ``fabric run``, torchrun, SLURM, MPI or LSF, this only joins the existing processes.
+        """
+        if function is not None and not callable(function):
+            raise TypeError(f"fabric.launch(function) needs a callable, got {function!r}")
+        launcher = self._strategy.launcher
+        if self._environment_ready or launcher is None or self._cluster_environment.creates_processes_externally:
+            return self._run_with_setup(function, *args, **kwargs)
+        if is_interactive() and not launcher.is_interactive_compatible:
+            raise RuntimeError(
+                f"strategy={self._plan.strategy!r} cannot start processes from an interactive session (notebook or"
+                " REPL). Run the code as a script, or use strategy='ddp_notebook' (or 'dp' on GPUs)."
+            )
+        if function is None and not isinstance(launcher, SubprocessScriptLauncher):
+            raise TypeError(
+                f"To start processes with strategy={self._plan.strategy!r}, pass the function to run in each of"
+                " them: fabric.launch(train), where train(fabric, ...) holds the training code."
+            )
+        return launcher.launch(self._run_with_setup, function, *args, **kwargs)
+
+    def _run_with_setup(self, function: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> Any:
+        self._join()
+        return None if function is None else function(self, *args, **kwargs)
+
+    def _join(self) -> None:
+        """Set up this process's device and process group (once)."""
+        if self._environment_ready:
+            return
+        self._strategy.setup_environment()
+        self._environment_ready = True
+        rank_zero_only.rank = self.global_rank
+        # finish pending work (e.g. an asynchronous checkpoint save) and leave the process group cleanly at exit
+        atexit.register(_teardown_at_exit, weakref.ref(self._strategy))
+
+    def _ensure_launched(self) -> None:
+        if self._environment_ready:
+            return
+        launcher = self._strategy.launcher
+        if launcher is None or self._cluster_environment.creates_processes_externally:
+            self._join()
+            return
+        raise RuntimeError(
+            f"strategy={self._plan.strategy!r} with {self._plan.num_processes * self._plan.num_nodes} processes"
+            " needs the processes started first: call fabric.launch() before setup, collectives, checkpoints or"
+            " init_module (or run the script with `fabric run`)."
+        )
+
+    # -- set-up --------------------------------------------------------------------------------------------------
+    def setup(self, module: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
+        """Set up a model and its optimizers for the strategy and precision; return the wrapped objects."""
+        self._check_setup_module(module)
+        self._check_setup_optimizers(optimizers)
+        self._ensure_launched()
+        original = module
+        module = self._precision.convert_module(module)
+        if move_to_device:
+            self._strategy.module_to_device(module)
+        if optimizers:
+            module, wrapped_optimizers = self._strategy.setup_module_and_optimizers(module, list(optimizers))
+        else:
+            module, wrapped_optimizers = self._strategy.setup_module(module), []
+        fabric_module = self._wrap_module(module, original)
+        fabric_optimizers = [self._wrap_optimizer(o, given) for o, given in zip(wrapped_optimizers, optimizers)]
+        return (fabric_module, *fabric_optimizers) if optimizers else fabric_module
+
+    def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
+        """Set up a model alone (optimizers can follow with :meth:`setup_optimizers`, e.g. after FSDP sharding)."""
+        self._check_setup_module(module)
+        self._ensure_launched()
+        original = module
+        module = self._precision.convert_module(module)
+        if move_to_device:
+            self._strategy.module_to_device(module)
+        return self._wrap_module(self._strategy.setup_module(module), original)
+
+    def setup_optimizers(self, *optimizers: Optimizer) -> Any:
+        """Set up optimizers (of models already set up); returns one wrapper, or a tuple for several."""
+        if not optimizers:
+            raise ValueError("setup_optimizers needs at least one optimizer")
+        self._check_setup_optimizers(optimizers)
+        self._ensure_launched()
+        wrapped = [self._wrap_optimizer(self._strategy.setup_optimizer(o), o) for o in optimizers]
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def setup_dataloaders(
+        self, *dataloaders: DataLoader, use_distributed_sampler: bool = True, move_to_device: bool = True
+    ) -> Any:
+        """Shard each DataLoader across processes (re-created with a distributed sampler) and wrap it."""
+        if not dataloaders:
+            raise ValueError("setup_dataloaders needs at least one DataLoader")
+        for loader in dataloaders:
+            if is_wrapped(loader):
+                raise ValueError("This dataloader was already set up by fabric.setup_dataloaders; set it up only once.")
+            if not isinstance(loader, DataLoader):
+                raise TypeError(f"setup_dataloaders expects torch DataLoaders, got {type(loader).__name__}")
+        self._ensure_launched()
+        wrapped = [self._setup_dataloader(d, use_distributed_sampler, move_to_device) for d in dataloaders]
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def _setup_dataloader(self, loader: DataLoader, use_distributed_sampler: bool, move: bool) -> FabricDataLoader:
+        sampler_kwargs = self._strategy.distributed_sampler_kwargs
+        if use_distributed_sampler and sampler_kwargs is not None:
+            # every process must shuffle with the same seed, even if the user seeded the processes differently
+            seed = self._strategy.broadcast(global_seed(), src=0) if self.world_size > 1 else global_seed()
+            loader = inject_distributed_sampler(loader, sampler_kwargs["num_replicas"], sampler_kwargs["rank"], seed)
+        add_worker_seeding(loader, self.global_rank)
+        processed = self._strategy.process_dataloader(loader)
+        # a strategy that returns its own loader type (e.g. an XLA device loader) moves the batches itself
+        device = self.device if move and isinstance(processed, DataLoader) else None
+        return FabricDataLoader(processed, device=device)
+
+    def _check_setup_module(self, module: Any) -> None:
+        if is_wrapped(module):
+            raise ValueError("This model is already set up by fabric.setup; pass the original model, only once.")
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"fabric.setup expects a torch.nn.Module, got {type(module).__name__}")
+        if module in self._set_up:
+            raise ValueError(
+                f"This {type(module).__name__} was already set up by this Fabric; set up each model only once and"
+                " use the returned wrapper."
+            )
+
+    def _check_setup_optimizers(self, optimizers: Sequence[Any]) -> None:
+        for optimizer in optimizers:
+            if is_wrapped(optimizer) or optimizer in self._set_up:
+                raise ValueError(
+                    f"This {type(optimizer).__name__} optimizer is already set up by fabric; set it up only once."
+                )
+            if not isinstance(optimizer, Optimizer):
+                raise TypeError(f"fabric.setup expects torch optimizers, got {type(optimizer).__name__}")
+
+    def _wrap_module(self, module: nn.Module, original: nn.Module) -> FabricModule:
+        self._set_up.add(original)
+        self._models_setup += 1
+        self._last_forward_module: nn.Module | None = module
+        return FabricModule(module, self._precision, original_module=original)
+
+    def _wrap_optimizer(self, optimizer: Optimizer, given: Optimizer) -> FabricOptimizer:
+        self._set_up.add(given)
+        return FabricOptimizer(optimizer, self._strategy, self._callbacks)
+
+    def mark_forward_method(self, module: FabricModule, method: str | Callable[..., Any]) -> None:
+        """Route ``module.<method>`` through the strategy's wrapper and the precision, like ``forward``."""
+        if not isinstance(module, FabricModule):
+            raise TypeError(f"mark_forward_method needs a model returned by fabric.setup, got {type(module).__name__}")
+        module.mark_forward_method(method)
+
+    # -- training step -------------------------------------------------------------------------------------------
+    def backward(self, tensor: torch.Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
+        """``loss.backward()`` through the precision (loss scaling) and the strategy."""
+        if model is not None and not isinstance(model, FabricModule):
+            raise TypeError(f"backward(model=...) needs a model returned by fabric.setup, got {type(model).__name__}")
+        module = model.forward_module if model is not None else self._only_forward_module()
+        self._strategy.backward(tensor, module, *args, **kwargs)
+
+    def _only_forward_module(self) -> nn.Module | None:
+        return getattr(self, "_last_forward_module", None) if self._models_setup == 1 else None
+
+    def clip_gradients(
+        self,
+        module: nn.Module,
+        optimizer: Optimizer,
+        clip_val: float | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> torch.Tensor | None:
+        """Clip gradients by value (``clip_val``) or by total norm (``max_norm``; returns the norm). Give one."""
+        if (clip_val is None) == (max_norm is None):
+            raise ValueError(
+                f"clip_gradients needs exactly one of clip_val or max_norm, got clip_val={clip_val!r} and"
+                f" max_norm={max_norm!r}"
+            )
+        module, optimizer = unwrap(module), unwrap(optimizer)
+        if clip_val is not None:
+            self._strategy.clip_gradients_value(module, optimizer, clip_val=clip_val)
+            return None
+        assert max_norm is not None
+        return self._strategy.clip_gradients_norm(
+            module, optimizer, max_norm=max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
+        )
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        """The precision's forward context (autocast for mixed precision) for code outside the wrapped forward."""
+        return self._precision.forward_context()
+
+    def no_backward_sync(self, module: FabricModule, enabled: bool = True) -> AbstractContextManager[Any]:
+        """Skip the gradient synchronisation of backward calls inside the block (gradient accumulation)."""
+        if not isinstance(module, FabricModule):
+            raise TypeError(f"no_backward_sync needs the model returned by fabric.setup, got {type(module).__name__}")
+        if not enabled:
+            return nullcontext()
+        return self._strategy.no_backward_sync(module.forward_module, enabled)
+
+    # -- utilities -----------------------------------------------------------------------------------------------
+    def to_device(self, obj: Any) -> Any:
+        """Move a module (in place) or the tensors of a collection to this process's device."""
+        if isinstance(obj, nn.Module):
+            self._strategy.module_to_device(obj)
+            return obj
+        return self._strategy.batch_to_device(obj, self.device)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on local rank 0 only."""
+        if self.local_rank == 0:
+            print(*args, **kwargs)
+
+    @staticmethod
+    def seed_everything(seed: int | None = None, workers: bool = True, verbose: bool = True) -> int:
+        """Seed Python, NumPy and torch (and, with ``workers``, every dataloader worker); returns the seed."""
+        return _seed_everything(seed, workers=workers, verbose=verbose)
+
+    # -- collectives ---------------------------------------------------------------------------------------------
+    def barrier(self, name: str | None = None) -> None:
+        self._ensure_launched()
+        self._strategy.barrier(name=name)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        self._ensure_launched()
+        return self._strategy.broadcast(obj, src=src)
+
+    def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
+        """Gather a tensor (or each tensor of a collection) from every process, stacked on a new first dimension;
+        a tensor whose shape differs across processes comes back as a list of each process's tensor."""
+        self._ensure_launched()
+        data = _numbers_to_tensors(data, self.device)
+        return apply_to_collection(data, torch.Tensor, self._strategy.all_gather, group=group, sync_grads=sync_grads)
+
+    def all_reduce(self, data: Any, group: Any | None = None, reduce_op: Any = "mean") -> Any:
+        """Reduce a tensor (or each tensor of a collection) across processes with ``reduce_op``."""
+        check_reduce_op(reduce_op)
+        self._ensure_launched()
+        data = _numbers_to_tensors(data, self.device)
+        return apply_to_collection(data, torch.Tensor, self._strategy.all_reduce, group=group, reduce_op=reduce_op)
+
+    @contextmanager
+    def rank_zero_first(self, local: bool = False) -> Generator[None, None, None]:
+        """Run the block on (local) rank 0 first, then on the other processes (e.g. to download data once)."""
+        self._ensure_launched()
+        rank = self.local_rank if local else self.global_rank
+        if rank > 0:
+            self.barrier("rank_zero_first:wait")
+        yield
+        if rank == 0:
+            self.barrier("rank_zero_first:wait")
+
+    # -- initialisation contexts ---------------------------------------------------------------------------------
+    def init_tensor(self) -> AbstractContextManager[Any]:
+        """Tensors created inside get the precision's dtype (and the strategy's device)."""
+        return self._strategy.tensor_init_context()
+
+    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[Any]:
+        """Modules created inside get the precision's dtype and device; ``empty_init`` skips weight initialisation
+        (meta device / ZeRO-3 where the strategy shards)."""
+        self._ensure_launched()
+        return self._strategy.module_init_context(empty_init=empty_init)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def save(
+        self, path: PathLike, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None = None
+    ) -> None:
+        """Save ``state`` (modules, optimizers, stateful objects, plain data) to ``path`` through the strategy."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"fabric.save(state=...) must be a dict of names to objects, got {type(state).__name__}")
+        _check_filter(filter, state)
+        self._ensure_launched()
+        self._strategy.save_checkpoint(path, _unwrap_state(state), filter=filter)
+        self._strategy.barrier()
+
+    def load(
+        self,
+        path: PathLike,
+        state: dict[str, Any] | None = None,
+        strict: bool = True,
+        *,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """Restore the objects of ``state`` in place from ``path``; return what the checkpoint held that ``state``
+        did not take (everything, when ``state`` is None)."""
+        if state is not None and not isinstance(state, dict):
+            raise TypeError(f"fabric.load(state=...) must be a dict or None, got {type(state).__name__}")
+        self._ensure_launched()
+        unwrapped = _unwrap_state(state) if state is not None else None
+        remainder = self._strategy.load_checkpoint(path, unwrapped, strict=strict, weights_only=weights_only)
+        self._strategy.barrier()
+        if state is not None and unwrapped is not None:
+            for key, value in unwrapped.items():
+                if not is_wrapped(state[key]):
+                    state[key] = value  # plain data restored into the copy: hand it back
+        return remainder
+
+    def load_raw(
+        self, path: PathLike, obj: nn.Module | Optimizer, strict: bool = True, *, weights_only: bool | None = None
+    ) -> None:
+        """Load a file that holds the raw state dict of one module or optimizer (e.g. from plain ``torch.save``)."""
+        obj = unwrap(obj)
+        if not isinstance(obj, (nn.Module, Optimizer)):
+            raise TypeError(f"load_raw needs a module or an optimizer, got {type(obj).__name__}")
+        self._ensure_launched()
+        self._strategy.load_checkpoint(path, obj, strict=strict, weights_only=weights_only)
+
+    # -- callbacks and logging -----------------------------------------------------------------------------------
+    def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``hook_name`` on every callback that has it, with the keyword arguments its signature accepts."""
+        self._hooks.call(self._callbacks, hook_name, *args, **kwargs)
+
+    def log(self, name: str, value: Any, step: int | None = None) -> None:
+        """Log one metric to every logger."""
+        self.log_dict({name: value}, step=step)
+
+    def log_dict(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log several metrics to every logger (one-element tensors become numbers)."""
+        if not self._loggers:
+            return
+        metrics = convert_tensors_to_scalars(dict(metrics))
+        for logger in self._loggers:
+            logger.log_metrics(metrics=metrics, step=step)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_set_up"] = None  # weak references do not travel to spawned processes
+        state.pop("_last_forward_module", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["_set_up"] = weakref.WeakSet()
+        self.__dict__.update(state)
+
+
+def _teardown_at_exit(strategy_ref: weakref.ref[Strategy]) -> None:
+    strategy = strategy_ref()
+    if strategy is not None:
+        strategy.teardown()
+
+
+def _check_loggers(loggers: Any) -> list[Logger]:
+    if loggers is None:
+        return []
+    items = list(loggers) if isinstance(loggers, (list, tuple)) else [loggers]
+    for logger in items:
+        if not isinstance(logger, Logger):
+            needed = "name, version, log_metrics, log_hyperparams, save, finalize"
+            raise TypeError(f"{logger!r} is not a logger: a logger implements {needed} (fabric_utils.Logger)")
+    return items
+
+
+def _check_filter(filter: Any, state: Mapping[str, Any]) -> None:
+    if filter is None:
+        return
+    if not isinstance(filter, Mapping):
+        raise TypeError(f"save(filter=...) must map state keys to callables, got {type(filter).__name__}")
+    for key, fn in filter.items():
+        if key not in state:
+            raise ValueError(f"save(filter=...) names the key {key!r}, which is not in the state: {sorted(state)}")
+        if not callable(fn):
+            raise TypeError(f"save(filter={{{key!r}: ...}}) must be a callable (name, value) -> bool, got {fn!r}")
+
+
+def _unwrap_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: unwrap(value) for key, value in state.items()}
+
+
+def _numbers_to_tensors(data: Any, device: torch.device) -> Any:
+    return apply_to_collection(data, (int, float), lambda x: torch.tensor(x, device=device), wrong_dtype=bool)
