@@ -1,0 +1,71 @@
+"""fabric-strategies: how a model is placed, wrapped and synchronised across devices and processes."""
+
+from fabric_strategies.base import Strategy, unwrap_module
+from fabric_strategies.checkpoint import MissingStateKeyError
+from fabric_strategies.collectives import Collective, SingleDeviceCollective, TorchCollective
+from fabric_strategies.collectives.functional import all_gather_tensor, all_reduce_tensor, gather_all_tensors
+from fabric_strategies.ddp import DDPStrategy
+from fabric_strategies.deepspeed import DeepSpeedConfig, DeepSpeedStrategy
+from fabric_strategies.dp import DataParallelStrategy
+from fabric_strategies.fsdp import (
+    FSDPStrategy,
+    ShardedStrategy,
+    UnsafeCheckpointError,
+    consolidate_sharded_checkpoint,
+    read_sharded_checkpoint,
+)
+from fabric_strategies.launchers import (
+    Launcher,
+    MultiprocessingLauncher,
+    ProcessFailedError,
+    RemoteTraceback,
+    SubprocessScriptLauncher,
+)
+from fabric_strategies.model_parallel import ModelParallelStrategy
+from fabric_strategies.parallel import ParallelStrategy
+from fabric_strategies.process_group import DEFAULT_TIMEOUT, default_process_group_backend
+from fabric_strategies.registry import STRATEGY_REGISTRY, resolve_strategy_name
+from fabric_strategies.single_device import SingleDeviceStrategy
+from fabric_strategies.teardown import destroy_process_group_cleanly, release_ddp_wrapper
+from fabric_strategies.xla import SingleDeviceXLAStrategy, XLAFSDPStrategy, XLALauncher, XLAStrategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "STRATEGY_REGISTRY",
+    "Collective",
+    "DDPStrategy",
+    "DataParallelStrategy",
+    "DeepSpeedConfig",
+    "DeepSpeedStrategy",
+    "FSDPStrategy",
+    "Launcher",
+    "MissingStateKeyError",
+    "ModelParallelStrategy",
+    "MultiprocessingLauncher",
+    "ParallelStrategy",
+    "ProcessFailedError",
+    "RemoteTraceback",
+    "ShardedStrategy",
+    "SingleDeviceCollective",
+    "SingleDeviceStrategy",
+    "SingleDeviceXLAStrategy",
+    "Strategy",
+    "SubprocessScriptLauncher",
+    "TorchCollective",
+    "UnsafeCheckpointError",
+    "XLAFSDPStrategy",
+    "XLALauncher",
+    "XLAStrategy",
+    "all_gather_tensor",
+    "all_reduce_tensor",
+    "consolidate_sharded_checkpoint",
+    "default_process_group_backend",
+    "destroy_process_group_cleanly",
+    "gather_all_tensors",
+    "read_sharded_checkpoint",
+    "release_ddp_wrapper",
+    "resolve_strategy_name",
+    "unwrap_module",
+]

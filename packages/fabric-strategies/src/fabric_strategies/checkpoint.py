@@ -1,0 +1,92 @@
+"""Turning a user's ``state`` into a checkpoint dict and restoring a checkpoint into a ``state``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from torch.nn import Module
+from torch.optim import Optimizer
+
+from fabric_utils import Stateful
+
+if TYPE_CHECKING:
+    from fabric_strategies.base import Strategy
+
+StateFilter = Mapping[str, Callable[[str, Any], bool]]
+
+
+class MissingStateKeyError(KeyError, ValueError):
+    """``load(..., strict=True)`` asked for keys that the checkpoint does not hold."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def check_filter(state: Mapping[str, Any], filter: StateFilter | None) -> None:
+    """Validate ``filter``: a mapping from keys of ``state`` to callables ``(name, value) -> bool``."""
+    if filter is None:
+        return
+    if not isinstance(filter, Mapping):
+        raise TypeError(f"`filter` must be a dict mapping state keys to callables, got {type(filter).__name__}")
+    unknown = sorted(str(key) for key in filter if key not in state)
+    if unknown:
+        raise ValueError(
+            f"`filter` has keys {unknown} that are not in the state. Choose from: {sorted(map(str, state))}"
+        )
+    not_callable = sorted(str(key) for key, fn in filter.items() if not callable(fn))
+    if not_callable:
+        raise TypeError(f"`filter` values must be callables (name, value) -> bool; not callable for {not_callable}")
+
+
+def to_checkpoint(strategy: Strategy, state: Mapping[str, Any], filter: StateFilter | None = None) -> dict[str, Any]:
+    """Replace modules, optimizers and other stateful objects in ``state`` by their state dicts, then filter."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"`state` must be a dict of names to objects, got {type(state).__name__}")
+    check_filter(state, filter)
+    checkpoint: dict[str, Any] = {}
+    for key, obj in state.items():
+        if isinstance(obj, Module):
+            value: Any = strategy.get_module_state_dict(obj)
+        elif isinstance(obj, Optimizer):
+            value = strategy.get_optimizer_state(obj)
+        elif isinstance(obj, Stateful):
+            value = obj.state_dict()
+        else:
+            value = obj
+        if filter is not None and key in filter and isinstance(value, Mapping):
+            keep = filter[key]
+            value = {name: item for name, item in value.items() if keep(name, item)}
+        checkpoint[key] = value
+    return checkpoint
+
+
+def check_strict_keys(requested: Iterable[str], available: Iterable[str], strict: bool) -> None:
+    missing = sorted(set(requested) - set(available))
+    if strict and missing:
+        raise MissingStateKeyError(
+            f"The state asks for {missing}, which the checkpoint does not hold (it holds {sorted(set(available))})."
+            " Pass `strict=False` to load the keys that exist."
+        )
+
+
+def restore_state(
+    strategy: Strategy, state: dict[str, Any], checkpoint: dict[str, Any], strict: bool
+) -> dict[str, Any]:
+    """Load ``checkpoint`` into the objects of ``state`` in place; return what ``state`` did not take.
+
+    Modules, optimizers and stateful objects load their entry; plain values in ``state`` are replaced.
+    """
+    check_strict_keys(state, checkpoint, strict)
+    remainder = dict(checkpoint)
+    for key, obj in list(state.items()):
+        if key not in remainder:
+            continue
+        value = remainder.pop(key)
+        if isinstance(obj, Module):
+            strategy.load_module_state_dict(obj, value, strict=strict)
+        elif isinstance(obj, (Optimizer, Stateful)):
+            obj.load_state_dict(value)
+        else:
+            state[key] = value
+    return remainder

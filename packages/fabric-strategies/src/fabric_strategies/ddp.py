@@ -1,0 +1,210 @@
+"""``DDPStrategy``: one process per device, gradients averaged by ``DistributedDataParallel``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from datetime import timedelta
+from typing import Any, ClassVar, Literal, get_args
+
+import torch
+from torch.nn import Module
+from torch.nn.parallel import DistributedDataParallel
+from typing_extensions import override
+
+from fabric_accelerators import Accelerator
+from fabric_environments import ClusterEnvironment
+from fabric_io import CheckpointIO
+from fabric_precision import Precision
+from fabric_strategies.base import Strategy
+from fabric_strategies.launchers.base import Launcher
+from fabric_strategies.launchers.multiprocessing import MultiprocessingLauncher
+from fabric_strategies.launchers.subprocess_script import SubprocessScriptLauncher
+from fabric_strategies.parallel import ParallelStrategy
+from fabric_strategies.process_group import (
+    DEFAULT_TIMEOUT,
+    check_backend,
+    default_process_group_backend,
+    init_process_group,
+)
+from fabric_strategies.teardown import track_ddp_wrapper
+from fabric_utils import Registry
+
+DDPStartMethod = Literal["popen", "spawn", "fork", "forkserver"]
+DDP_START_METHODS: tuple[str, ...] = get_args(DDPStartMethod)
+
+
+def ddp_keywords() -> list[str]:
+    """The keyword arguments ``DistributedDataParallel`` accepts besides the module."""
+    parameters = inspect.signature(DistributedDataParallel.__init__).parameters
+    return [name for name in parameters if name not in ("self", "module")]
+
+
+def _check_ddp_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    valid = ddp_keywords()
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"DDPStrategy got keyword arguments {unknown} that DistributedDataParallel does not accept."
+            f" Choose from: {', '.join(valid)}"
+        )
+    return kwargs
+
+
+class DDPStrategy(ParallelStrategy):
+    """Data-parallel training with DistributedDataParallel, one process per device.
+
+    Args:
+        process_group_backend: "gloo", "nccl", ...; by default nccl for CUDA devices and gloo otherwise.
+        timeout: how long collectives wait for the other processes before failing.
+        start_method: how the local processes start: "popen" runs the script again for each extra process;
+            "spawn", "fork" and "forkserver" start them with ``multiprocessing`` and call the launched function.
+        **kwargs: passed to ``DistributedDataParallel`` (``find_unused_parameters``, ``static_graph``, ...).
+    """
+
+    name: ClassVar[str] = "ddp"
+
+    def __init__(
+        self,
+        accelerator: Accelerator | None = None,
+        parallel_devices: Sequence[torch.device | str] | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        checkpoint_io: CheckpointIO | None = None,
+        precision: Precision | None = None,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = DEFAULT_TIMEOUT,
+        start_method: DDPStartMethod = "popen",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            accelerator=accelerator,
+            parallel_devices=parallel_devices,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+            precision=precision,
+        )
+        if start_method not in DDP_START_METHODS:
+            raise ValueError(f"Unknown start_method {start_method!r}. Choose one of: {', '.join(DDP_START_METHODS)}")
+        if timeout is not None and not isinstance(timeout, timedelta):
+            raise TypeError(f"timeout must be a datetime.timedelta, got {timeout!r}")
+        self._process_group_backend = None if process_group_backend is None else check_backend(process_group_backend)
+        self._timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        self._start_method: DDPStartMethod = start_method
+        self._ddp_kwargs = _check_ddp_kwargs(kwargs)
+
+    @property
+    def process_group_backend(self) -> str:
+        """The backend given to the constructor, or the default for the root device (nccl on CUDA, gloo else)."""
+        if self._process_group_backend is not None:
+            return self._process_group_backend
+        return default_process_group_backend(self.root_device)
+
+    @property
+    def timeout(self) -> timedelta:
+        return self._timeout
+
+    @property
+    def start_method(self) -> DDPStartMethod:
+        return self._start_method
+
+    @property
+    def ddp_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments given to ``DistributedDataParallel``."""
+        return dict(self._ddp_kwargs)
+
+    @override
+    def _configure_launcher(self) -> Launcher | None:
+        environment = self.cluster_environment
+        if environment.creates_processes_externally:
+            return None
+        if self._start_method == "popen":
+            return SubprocessScriptLauncher(environment, self.num_processes, self.num_nodes)
+        return MultiprocessingLauncher(self, start_method=self._start_method)
+
+    @override
+    def _setup_process_group(self) -> bool:
+        return init_process_group(self.cluster_environment, self.process_group_backend, self._timeout)
+
+    @override
+    def setup_module(self, module: Module) -> DistributedDataParallel:
+        device = self.root_device
+        kwargs = dict(self._ddp_kwargs)
+        if device.type == "cuda":
+            kwargs.setdefault("device_ids", [device.index if device.index is not None else 0])
+            # DDP's initial broadcast runs on a side stream, so it does not wait for work queued on the default one
+            with torch.cuda.stream(torch.cuda.Stream(device)):
+                wrapped = DistributedDataParallel(module, **kwargs)
+        else:
+            wrapped = DistributedDataParallel(module, **kwargs)
+        track_ddp_wrapper(wrapped)
+        return wrapped
+
+    @override
+    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
+        """Skip the gradient all-reduce of backward passes in the context (gradient accumulation)."""
+        if not enabled:
+            return nullcontext()
+        if not isinstance(module, DistributedDataParallel):
+            raise TypeError(
+                "no_backward_sync needs the module that DDPStrategy.setup_module returned (a DistributedDataParallel),"
+                f" got {type(module).__name__}"
+            )
+        return module.no_sync()
+
+    @classmethod
+    @override
+    def register_strategies(cls, registry: Registry[Strategy]) -> None:
+        for name, description, kwargs in _DDP_ENTRIES:
+            registry.register(name, cls, description=description, **kwargs)
+
+    @override
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(start_method={self._start_method!r}, backend={self._process_group_backend!r},"
+            f" timeout={self._timeout}, ddp_kwargs={self._ddp_kwargs})"
+        )
+
+
+_DDP_ENTRIES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    (
+        "ddp",
+        "DistributedDataParallel; the script is run again for each extra local process.",
+        {"start_method": "popen"},
+    ),
+    (
+        "ddp_spawn",
+        "DistributedDataParallel in processes started with multiprocessing 'spawn'.",
+        {"start_method": "spawn"},
+    ),
+    (
+        "ddp_fork",
+        "DistributedDataParallel in processes forked from this one (no CUDA before launch).",
+        {"start_method": "fork"},
+    ),
+    (
+        "ddp_notebook",
+        "ddp_fork for notebooks and the REPL: the launched function runs in forked processes.",
+        {"start_method": "fork"},
+    ),
+    (
+        "ddp_find_unused_parameters_true",
+        "ddp with find_unused_parameters=True, for models whose forward skips some parameters.",
+        {"start_method": "popen", "find_unused_parameters": True},
+    ),
+    (
+        "ddp_spawn_find_unused_parameters_true",
+        "ddp_spawn with find_unused_parameters=True.",
+        {"start_method": "spawn", "find_unused_parameters": True},
+    ),
+    (
+        "ddp_fork_find_unused_parameters_true",
+        "ddp_fork with find_unused_parameters=True.",
+        {"start_method": "fork", "find_unused_parameters": True},
+    ),
+    (
+        "ddp_notebook_find_unused_parameters_true",
+        "ddp_notebook with find_unused_parameters=True.",
+        {"start_method": "fork", "find_unused_parameters": True},
+    ),
+)

@@ -1,0 +1,229 @@
+"""``FSDPStrategy``: fully sharded data parallelism with FSDP2 (``torch.distributed.fsdp.fully_shard``)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch.nn import Module
+from typing_extensions import override
+
+from fabric_accelerators import Accelerator
+from fabric_environments import ClusterEnvironment
+from fabric_io import CheckpointIO
+from fabric_precision import Precision
+from fabric_strategies.base import Strategy
+from fabric_strategies.fsdp.base import ShardedStrategy, StartMethod, StateDictType
+from fabric_strategies.fsdp.mesh import (
+    ShardingStrategyName,
+    check_hybrid_shape,
+    mesh_dim_names,
+    mesh_shape,
+    parse_sharding_strategy,
+    reshard_after_forward,
+)
+from fabric_strategies.fsdp.wrap import ModulePolicy, apply_activation_checkpointing, resolve_policy, wrap_targets
+from fabric_strategies.process_group import DEFAULT_TIMEOUT
+from fabric_utils import Registry
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+
+# fully_shard's options the strategy sets itself
+_MANAGED_OPTIONS = ("module", "mesh", "mp_policy", "offload_policy")
+
+
+def fully_shard_options() -> list[str]:
+    """The keyword arguments of ``fully_shard`` that ``FSDPStrategy(**kwargs)`` passes through."""
+    from torch.distributed.fsdp import fully_shard
+
+    return [name for name in inspect.signature(fully_shard).parameters if name not in _MANAGED_OPTIONS]
+
+
+def _check_fully_shard_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    valid = fully_shard_options()
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"FSDPStrategy got keyword arguments {unknown} that fully_shard does not take."
+            f" Choose from: {', '.join(valid)}"
+        )
+    return kwargs
+
+
+class FSDPStrategy(ShardedStrategy):
+    """Fully sharded data parallelism (FSDP2 ``fully_shard``): parameters, gradients and optimizer state sharded.
+
+    Args:
+        cpu_offload: keep sharded parameters, gradients and optimizer state in CPU memory (``True`` or a
+            ``CPUOffloadPolicy``); the optimizer step then runs on the CPU.
+        mixed_precision: a ``MixedPrecisionPolicy`` to use instead of the precision plugin's.
+        auto_wrap_policy: which submodules become their own FSDP unit (all-gathered and freed on their own): a set
+            of module classes, or a callable ``(module) -> bool``. The root module is always sharded, last.
+        activation_checkpointing_policy: the submodules whose activations are recomputed in backward instead of
+            kept (a set of classes or a callable, as above).
+        sharding_strategy: "FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD" or "HYBRID_SHARD" (torch's
+            ``ShardingStrategy`` members work too).
+        device_mesh: for HYBRID_SHARD, ``(replicas, shard_size)`` or a ``DeviceMesh`` (default: one replica per
+            node). A ``DeviceMesh`` works with the other strategies as well.
+        state_dict_type: "sharded" (a ``torch.distributed.checkpoint`` directory that loads at any world size) or
+            "full" (one file, written by global rank 0).
+        process_group_backend, timeout, start_method: as for ``DDPStrategy``.
+        **kwargs: passed to every ``fully_shard`` call (``reshard_after_forward``, ``shard_placement_fn``, ...).
+    """
+
+    name: ClassVar[str] = "fsdp"
+
+    def __init__(
+        self,
+        accelerator: Accelerator | None = None,
+        parallel_devices: Sequence[torch.device | str] | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        checkpoint_io: CheckpointIO | None = None,
+        precision: Precision | None = None,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = DEFAULT_TIMEOUT,
+        start_method: StartMethod = "popen",
+        cpu_offload: bool | CPUOffloadPolicy = False,
+        mixed_precision: MixedPrecisionPolicy | None = None,
+        auto_wrap_policy: ModulePolicy | None = None,
+        activation_checkpointing_policy: ModulePolicy | None = None,
+        sharding_strategy: ShardingStrategyName | Any = "FULL_SHARD",
+        state_dict_type: StateDictType = "sharded",
+        device_mesh: tuple[int, int] | DeviceMesh | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            accelerator=accelerator,
+            parallel_devices=parallel_devices,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+            precision=precision,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            start_method=start_method,
+            state_dict_type=state_dict_type,
+        )
+        from torch.distributed.device_mesh import DeviceMesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+
+        if not isinstance(cpu_offload, (bool, CPUOffloadPolicy)):
+            raise TypeError(f"cpu_offload must be a bool or a CPUOffloadPolicy, got {cpu_offload!r}")
+        if mixed_precision is not None and not isinstance(mixed_precision, MixedPrecisionPolicy):
+            raise TypeError(
+                f"mixed_precision must be a torch.distributed.fsdp.MixedPrecisionPolicy, got {mixed_precision!r}"
+            )
+        self._cpu_offload = cpu_offload
+        self._mixed_precision = mixed_precision
+        self._auto_wrap_policy = resolve_policy(auto_wrap_policy, "auto_wrap_policy")
+        self._activation_checkpointing_policy = resolve_policy(
+            activation_checkpointing_policy, "activation_checkpointing_policy"
+        )
+        self._sharding_strategy = parse_sharding_strategy(sharding_strategy)
+        if device_mesh is not None and not isinstance(device_mesh, DeviceMesh):
+            device_mesh = check_hybrid_shape(device_mesh)
+            if self._sharding_strategy != "HYBRID_SHARD":
+                raise ValueError(
+                    f"device_mesh={device_mesh} (replicas, shard_size) is for sharding_strategy='HYBRID_SHARD', got"
+                    f" sharding_strategy={self._sharding_strategy!r}; pass a DeviceMesh to choose the mesh yourself"
+                )
+        self._mesh_option = device_mesh
+        self._fully_shard_kwargs = _check_fully_shard_kwargs(kwargs)
+
+    # -- configuration -------------------------------------------------------------------------------------------
+    @property
+    def sharding_strategy(self) -> str:
+        return self._sharding_strategy
+
+    @property
+    def cpu_offload(self) -> bool:
+        return self._cpu_offload is not False
+
+    @property
+    def fully_shard_kwargs(self) -> dict[str, Any]:
+        return dict(self._fully_shard_kwargs)
+
+    def mixed_precision_policy(self) -> MixedPrecisionPolicy:
+        """The policy given to ``fully_shard``: ``mixed_precision`` if given, else the precision plugin's."""
+        if self._mixed_precision is not None:
+            return self._mixed_precision
+        policy = getattr(self.precision, "mixed_precision_policy", None)
+        if policy is not None:
+            return policy()  # type: ignore[no-any-return]
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        return MixedPrecisionPolicy()
+
+    def offload_policy(self) -> Any:
+        """``CPUOffloadPolicy`` with ``cpu_offload`` (memory pinned only for CUDA devices), else no offloading."""
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+
+        if isinstance(self._cpu_offload, CPUOffloadPolicy):
+            return self._cpu_offload
+        if self._cpu_offload:
+            return CPUOffloadPolicy(pin_memory=self.root_device.type == "cuda")
+        return OffloadPolicy()
+
+    # -- mesh and sharding ---------------------------------------------------------------------------------------
+    @override
+    def _create_device_mesh(self) -> DeviceMesh:
+        from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+        if isinstance(self._mesh_option, DeviceMesh):
+            return self._mesh_option
+        shape = mesh_shape(self._sharding_strategy, self.world_size, self.num_nodes, self._mesh_option)
+        return init_device_mesh(self.root_device.type, shape, mesh_dim_names=mesh_dim_names(shape))
+
+    @override
+    def _materialization_device(self) -> torch.device:
+        return torch.device("cpu") if self.cpu_offload else self.root_device
+
+    @override
+    def _parallelize(self, module: Module) -> Module:
+        """Activation checkpointing, then ``fully_shard`` on the policy's submodules (bottom-up) and on the root."""
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if isinstance(module, FSDPModule):
+            raise ValueError(
+                f"The module {type(module).__name__} is already sharded with fully_shard; FSDPStrategy shards it"
+                " itself (pass the module before sharding, or use ModelParallelStrategy to shard it yourself)."
+            )
+        apply_activation_checkpointing(module, self._activation_checkpointing_policy)
+        options = {
+            "mesh": self.device_mesh,
+            "mp_policy": self.mixed_precision_policy(),
+            "offload_policy": self.offload_policy(),
+            "reshard_after_forward": reshard_after_forward(self._sharding_strategy),
+            **self._fully_shard_kwargs,
+        }
+        for submodule in wrap_targets(module, self._auto_wrap_policy):
+            if not isinstance(submodule, FSDPModule):
+                fully_shard(submodule, **options)
+        fully_shard(module, **options)
+        return module
+
+    @classmethod
+    @override
+    def register_strategies(cls, registry: Registry[Strategy]) -> None:
+        registry.register(
+            "fsdp",
+            cls,
+            description="Fully sharded data parallel with FSDP2: parameters, gradients and optimizer state sharded.",
+        )
+        registry.register(
+            "fsdp_cpu_offload",
+            cls,
+            description="fsdp with parameters, gradients and optimizer state offloaded to CPU memory.",
+            cpu_offload=True,
+        )
+
+    @override
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(sharding_strategy={self._sharding_strategy!r}, cpu_offload={self.cpu_offload},"
+            f" state_dict_type={self.state_dict_type!r}, precision={self.precision!r})"
+        )

@@ -1,0 +1,239 @@
+"""``MultiprocessingLauncher``: start every local process with ``spawn``, ``fork`` or ``forkserver``."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import torch
+from typing_extensions import override
+
+from fabric_strategies.launchers.base import Launcher
+from fabric_strategies.launchers.process_control import describe_exit_code, die_with_parent, stop_processes
+from fabric_strategies.launchers.subprocess_script import process_variables
+from fabric_strategies.teardown import destroy_process_group_cleanly
+from fabric_utils import apply_to_collection, capture_rng_state, restore_rng_state
+
+if TYPE_CHECKING:
+    from fabric_strategies.parallel import ParallelStrategy
+
+StartMethod = Literal["spawn", "fork", "forkserver"]
+START_METHODS: tuple[str, ...] = get_args(StartMethod)
+
+
+class RemoteTraceback(Exception):  # noqa: N818 - carries a traceback, it is not itself an error
+    """The traceback of an exception raised in another process (attached as ``__cause__`` when it is re-raised)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class ProcessFailedError(RuntimeError):
+    """A launched process failed in a way that cannot be re-raised as its own exception."""
+
+    def __init__(self, local_rank: int, message: str) -> None:
+        super().__init__(f"The process of local rank {local_rank} failed: {message}")
+        self.local_rank = local_rank
+
+
+@dataclass
+class GlobalState:
+    """What a spawned process does not inherit from its parent: determinism flags and random generators."""
+
+    deterministic: bool
+    deterministic_warn_only: bool
+    cudnn_benchmark: bool
+    cudnn_deterministic: bool
+    rng: dict[str, Any]
+
+    @classmethod
+    def capture(cls) -> GlobalState:
+        return cls(
+            deterministic=torch.are_deterministic_algorithms_enabled(),
+            deterministic_warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            cudnn_deterministic=torch.backends.cudnn.deterministic,
+            rng=capture_rng_state(),
+        )
+
+    def restore(self) -> None:
+        torch.use_deterministic_algorithms(self.deterministic, warn_only=self.deterministic_warn_only)
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        torch.backends.cudnn.deterministic = self.cudnn_deterministic
+        restore_rng_state(self.rng)
+
+
+def check_fork_allowed() -> None:
+    """Raise when this process already initialised CUDA: a forked child cannot use it then."""
+    if torch.cuda.is_initialized():
+        raise RuntimeError(
+            "Cannot start processes with start_method='fork': CUDA was already initialised in this process (by a"
+            " tensor on a GPU, or a torch.cuda call that needs the driver) and a forked process cannot use it."
+            " Avoid CUDA calls before `launch()`, or use strategy='ddp_spawn' (start_method='spawn') or 'ddp'."
+        )
+
+
+def _to_cpu(result: Any) -> Any:
+    return apply_to_collection(result, torch.Tensor, lambda t: t.detach().cpu())
+
+
+def _pickled_exception(err: BaseException) -> bytes | None:
+    try:
+        payload = pickle.dumps(err)
+        pickle.loads(payload)
+    except Exception:
+        return None
+    return payload
+
+
+def _process_main(
+    local_rank: int,
+    conn: Connection,
+    strategy: ParallelStrategy,
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    variables: dict[str, str],
+    global_state: GlobalState | None,
+    parent_pid: int | None,
+) -> None:
+    die_with_parent(parent_pid)
+    os.environ.update(variables)
+    if global_state is not None:
+        global_state.restore()
+    strategy._set_local_rank(local_rank)
+    failed = False
+    try:
+        result = function(*args, **kwargs)
+        message: tuple[Any, ...] = ("ok", pickle.dumps(_to_cpu(result)) if local_rank == 0 else None)
+    except SystemExit as err:
+        failed = err.code not in (None, 0)
+        message = ("error", None, f"SystemExit: {err.code}") if failed else ("ok", None)
+    except BaseException as err:
+        failed = True
+        message = ("error", _pickled_exception(err), traceback.format_exc())
+    try:
+        conn.send_bytes(pickle.dumps(message))
+    except Exception as err:  # e.g. a result that cannot be pickled
+        failed = True
+        conn.send_bytes(pickle.dumps(("error", None, f"Could not send the result back: {err!r}")))
+    finally:
+        conn.close()
+        destroy_process_group_cleanly()
+    if failed:
+        sys.exit(1)
+
+
+class MultiprocessingLauncher(Launcher):
+    """Starts one process per local device with ``multiprocessing`` (``spawn``, ``fork`` or ``forkserver``).
+
+    This process waits for them and returns what the function returned in the process of local rank 0 (tensors
+    moved to the CPU). When a process raises, the others are stopped and its exception is raised again here, with
+    the process's traceback attached as the cause. ``fork`` is refused once CUDA is initialised in this process.
+    With ``spawn``/``forkserver`` the function, its arguments and the strategy must be picklable.
+    """
+
+    def __init__(self, strategy: ParallelStrategy, start_method: StartMethod = "spawn", *, join_timeout: float = 60.0):
+        available = mp.get_all_start_methods()
+        if start_method not in START_METHODS or start_method not in available:
+            choices = ", ".join(m for m in START_METHODS if m in available)
+            raise ValueError(f"Unknown or unavailable start_method {start_method!r}. Choose one of: {choices}")
+        self._strategy = strategy
+        self.start_method: StartMethod = start_method
+        self.join_timeout = join_timeout
+
+    @property
+    @override
+    def is_interactive_compatible(self) -> bool:
+        return self.start_method == "fork"
+
+    @override
+    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.start_method == "fork":
+            check_fork_allowed()
+        strategy = self._strategy
+        environment = strategy.cluster_environment
+        num_processes, num_nodes = strategy.num_processes, strategy.num_nodes
+        context: Any = mp.get_context(self.start_method)
+        global_state = None if self.start_method == "fork" else GlobalState.capture()
+        # forkserver children are children of the fork server, which exits together with this process
+        parent_pid = None if self.start_method == "forkserver" else os.getpid()
+        processes: dict[int, Any] = {}
+        readers: dict[int, Connection] = {}
+        try:
+            for rank in range(num_processes):
+                reader, writer = context.Pipe(duplex=False)
+                variables = process_variables(environment, rank, num_processes, num_nodes)
+                process = context.Process(
+                    target=_process_main,
+                    args=(rank, writer, strategy, function, args, kwargs, variables, global_state, parent_pid),
+                    name=f"fabric-local-rank-{rank}",
+                )
+                process.start()
+                writer.close()
+                processes[rank], readers[rank] = process, reader
+            outcomes = self._collect(processes, readers)
+        finally:
+            for reader in readers.values():
+                reader.close()
+            stop_processes(list(processes.values()))
+        return self._result(outcomes, processes)
+
+    def _collect(self, processes: dict[int, Any], readers: dict[int, Connection]) -> dict[int, tuple[Any, ...]]:
+        """Wait for a message (or an exit) from every process; stop at the first failure."""
+        outcomes: dict[int, tuple[Any, ...]] = {}
+        while len(outcomes) < len(processes):
+            pending = [rank for rank in processes if rank not in outcomes]
+            wait([readers[r] for r in pending] + [processes[r].sentinel for r in pending])
+            for rank in pending:
+                outcome = self._poll(rank, processes[rank], readers[rank])
+                if outcome is not None:
+                    outcomes[rank] = outcome
+            if any(outcome[0] != "ok" for outcome in outcomes.values()):
+                return outcomes
+        for rank, process in processes.items():
+            process.join(self.join_timeout)
+            if process.exitcode != 0:
+                outcomes[rank] = ("exit", process.exitcode)
+                return outcomes
+        return outcomes
+
+    @staticmethod
+    def _poll(rank: int, process: Any, reader: Connection) -> tuple[Any, ...] | None:
+        if reader.poll():
+            try:
+                return tuple(pickle.loads(reader.recv_bytes()))
+            except EOFError:
+                process.join(5)
+                return ("exit", process.exitcode)
+        if process.exitcode is not None:
+            return ("exit", process.exitcode)
+        return None
+
+    def _result(self, outcomes: dict[int, tuple[Any, ...]], processes: dict[int, Any]) -> Any:
+        for rank, outcome in sorted(outcomes.items()):
+            if outcome[0] == "error":
+                _, payload, text = outcome
+                if payload is not None:
+                    err = pickle.loads(payload)
+                    if hasattr(err, "add_note"):
+                        err.add_note(f"(raised in the process of local rank {rank})")
+                    raise err from RemoteTraceback(f"\n\nTraceback of local rank {rank}:\n{text}")
+                raise ProcessFailedError(rank, text)
+            if outcome[0] == "exit" and outcome[1] is None:
+                raise ProcessFailedError(rank, f"it did not exit within {self.join_timeout}s after finishing its work.")
+            if outcome[0] == "exit":
+                raise ProcessFailedError(rank, f"it ended with {describe_exit_code(outcome[1])}; see its output above.")
+        payload = outcomes[0][1]
+        return None if payload is None else pickle.loads(payload)

@@ -1,0 +1,250 @@
+"""``ParallelStrategy``: the base of strategies that run several processes."""
+
+from __future__ import annotations
+
+from abc import ABC
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from typing_extensions import override
+
+from fabric_accelerators import Accelerator
+from fabric_environments import ClusterEnvironment, LightningEnvironment
+from fabric_io import CheckpointIO
+from fabric_precision import Precision
+from fabric_strategies.base import Strategy
+from fabric_strategies.checkpoint import StateFilter
+from fabric_strategies.collectives.functional import (
+    all_gather_tensor,
+    all_reduce_tensor,
+    broadcast_object,
+    distributed_ready,
+)
+from fabric_strategies.collectives.torch_collective import TorchCollective
+from fabric_strategies.teardown import destroy_process_group_cleanly, release_tracked_wrappers
+from fabric_utils import PathLike, check_reduce_op, rank_zero_only
+
+
+def _as_devices(devices: Sequence[torch.device | str] | None) -> list[torch.device] | None:
+    if devices is None:
+        return None
+    if isinstance(devices, (str, torch.device)) or not isinstance(devices, Sequence):
+        raise TypeError(f"parallel_devices must be a list of devices, got {devices!r}")
+    if not devices:
+        raise ValueError("parallel_devices must hold at least one device, got an empty list")
+    return [torch.device(d) for d in devices]
+
+
+def _check_num_nodes(num_nodes: int) -> int:
+    if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
+        raise ValueError(f"num_nodes must be an int >= 1, got {num_nodes!r}")
+    return num_nodes
+
+
+class ParallelStrategy(Strategy, ABC):
+    """Several processes, one per device in ``parallel_devices`` on each of ``num_nodes`` machines.
+
+    Ranks come from the cluster environment (``LightningEnvironment`` unless one is given or completed).
+    Collectives communicate over the default process group once ``setup_environment`` created it; before that they
+    act locally.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator | None = None,
+        parallel_devices: Sequence[torch.device | str] | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        checkpoint_io: CheckpointIO | None = None,
+        precision: Precision | None = None,
+    ) -> None:
+        super().__init__(accelerator=accelerator, checkpoint_io=checkpoint_io, precision=precision)
+        if cluster_environment is not None and not isinstance(cluster_environment, ClusterEnvironment):
+            raise TypeError(f"`cluster_environment` must be a ClusterEnvironment instance, got {cluster_environment!r}")
+        self._parallel_devices = _as_devices(parallel_devices)
+        self._cluster_environment = cluster_environment
+        self._fallback_environment: ClusterEnvironment | None = None
+        self._num_nodes: int | None = None
+        self._local_rank: int | None = None  # set in the processes a MultiprocessingLauncher starts
+        self._owns_process_group = False
+        self._collective: TorchCollective | None = None
+
+    # -- parts ---------------------------------------------------------------------------------------------------
+    @property
+    def cluster_environment(self) -> ClusterEnvironment:
+        if self._cluster_environment is not None:
+            return self._cluster_environment
+        if self._fallback_environment is None:
+            self._fallback_environment = LightningEnvironment()
+        return self._fallback_environment
+
+    @property
+    def parallel_devices(self) -> list[torch.device]:
+        """The device of each local process (one CPU process when nobody said otherwise)."""
+        return list(self._parallel_devices) if self._parallel_devices is not None else [torch.device("cpu")]
+
+    @property
+    def num_nodes(self) -> int:
+        return self._num_nodes if self._num_nodes is not None else 1
+
+    @property
+    def num_processes(self) -> int:
+        """Processes per node."""
+        return len(self.parallel_devices)
+
+    @override
+    def complete(
+        self,
+        *,
+        accelerator: Accelerator | None = None,
+        precision: Precision | None = None,
+        checkpoint_io: CheckpointIO | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        parallel_devices: list[torch.device] | None = None,
+        num_nodes: int | None = None,
+    ) -> None:
+        super().complete(accelerator=accelerator, precision=precision, checkpoint_io=checkpoint_io)
+        if self._cluster_environment is None and cluster_environment is not None:
+            if not isinstance(cluster_environment, ClusterEnvironment):
+                raise TypeError(f"`cluster_environment` must be a ClusterEnvironment, got {cluster_environment!r}")
+            self._cluster_environment = cluster_environment
+        if self._parallel_devices is None and parallel_devices is not None:
+            self._parallel_devices = _as_devices(parallel_devices)
+        if self._num_nodes is None and num_nodes is not None:
+            self._num_nodes = _check_num_nodes(num_nodes)
+        self._set_world_ranks()
+
+    def _set_local_rank(self, local_rank: int) -> None:
+        """Fix this process's local rank (used by launchers that start the processes themselves)."""
+        self._local_rank = local_rank
+        self._set_world_ranks()
+
+    def _set_world_ranks(self) -> None:
+        environment = self.cluster_environment
+        if environment.creates_processes_externally and self._local_rank is None:
+            return  # the external launcher fixed ranks and sizes
+        environment.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
+        environment.set_world_size(self.num_nodes * self.num_processes)
+
+    # -- where this process runs ---------------------------------------------------------------------------------
+    @property
+    @override
+    def root_device(self) -> torch.device:
+        devices = self.parallel_devices
+        local_rank = self.local_rank
+        if local_rank >= len(devices):
+            raise ValueError(
+                f"Local rank {local_rank} has no device: parallel_devices holds {len(devices)} ({devices})."
+            )
+        return devices[local_rank]
+
+    @property
+    @override
+    def world_size(self) -> int:
+        return self.cluster_environment.world_size()
+
+    @property
+    @override
+    def global_rank(self) -> int:
+        return self.cluster_environment.global_rank()
+
+    @property
+    @override
+    def local_rank(self) -> int:
+        return self._local_rank if self._local_rank is not None else self.cluster_environment.local_rank()
+
+    @property
+    @override
+    def node_rank(self) -> int:
+        return self.cluster_environment.node_rank()
+
+    @property
+    @override
+    def distributed_sampler_kwargs(self) -> dict[str, Any] | None:
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+    @property
+    def collective(self) -> TorchCollective:
+        """The ``TorchCollective`` of the default process group (for primitives the strategy does not offer)."""
+        if self._collective is None:
+            self._collective = TorchCollective()
+        return self._collective
+
+    @override
+    def setup_environment(self) -> None:
+        self._set_world_ranks()
+        super().setup_environment()
+        self._owns_process_group = self._setup_process_group() or self._owns_process_group
+        rank_zero_only.rank = self.global_rank
+
+    def _setup_process_group(self) -> bool:
+        """Create the default process group if needed; return whether this strategy created it."""
+        return False
+
+    # -- collectives ---------------------------------------------------------------------------------------------
+    @override
+    def all_reduce(self, tensor: Tensor | float, group: Any | None = None, reduce_op: Any = "mean") -> Tensor:
+        check_reduce_op(reduce_op)
+        if not isinstance(tensor, Tensor):
+            tensor = torch.tensor(tensor, device=self.root_device)
+        return all_reduce_tensor(tensor, group=group, reduce_op=reduce_op)
+
+    @override
+    def all_gather(self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False) -> Tensor | list[Tensor]:
+        return all_gather_tensor(tensor, group=group, sync_grads=sync_grads)
+
+    @override
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if not 0 <= src < self.world_size:
+            raise ValueError(f"src={src!r} is not a rank of this run: choose one between 0 and {self.world_size - 1}")
+        return broadcast_object(obj, src)
+
+    @override
+    def barrier(self, name: str | None = None) -> None:
+        if not distributed_ready():
+            return
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[self.root_device.index or 0])
+        else:
+            dist.barrier()
+
+    @override
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        votes = self.all_reduce(torch.tensor(int(bool(decision)), device=self.root_device), reduce_op="sum")
+        return bool(votes == self.world_size) if all else bool(votes > 0)
+
+    @override
+    def save_checkpoint(
+        self,
+        path: PathLike,
+        state: Any,
+        storage_options: Any | None = None,
+        filter: StateFilter | None = None,
+    ) -> None:
+        """Rank 0 writes; every rank then waits, so a load right after the save sees the file on every rank."""
+        super().save_checkpoint(path, state, storage_options=storage_options, filter=filter)
+        self.barrier("save_checkpoint")
+
+    # -- end -------------------------------------------------------------------------------------------------------
+    @override
+    def teardown(self) -> None:
+        """Destroy the process group this strategy created (cleanly), then release the other parts."""
+        if self._collective is not None:
+            self._collective.teardown()
+        if self._owns_process_group:
+            destroy_process_group_cleanly()
+            self._owns_process_group = False
+        else:
+            release_tracked_wrappers()
+        self.cluster_environment.teardown()
+        super().teardown()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a launcher belongs to the process that launches; the copies a launcher sends to its processes configure
+        # their own
+        state = dict(vars(self))
+        state["_launcher"] = None
+        state["_launcher_configured"] = False
+        return state

@@ -1,0 +1,139 @@
+"""MultiprocessingLauncher: spawn, fork and forkserver for real; rank 0's result; a child's exception re-raised."""
+
+from __future__ import annotations
+
+import atexit
+import os
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from fabric_strategies import DDPStrategy, MultiprocessingLauncher, ProcessFailedError, RemoteTraceback
+from fabric_strategies.launchers.multiprocessing import check_fork_allowed
+from fabric_testing import RunIf
+
+CPU2 = [torch.device("cpu")] * 2
+TIMEOUT = timedelta(seconds=30)
+
+
+def _strategy(start_method: str) -> DDPStrategy:
+    strategy = DDPStrategy(parallel_devices=CPU2, start_method=start_method, timeout=TIMEOUT)  # type: ignore[arg-type]
+    strategy.complete()
+    return strategy
+
+
+def _train(strategy: DDPStrategy) -> dict[str, object]:
+    strategy.setup_environment()
+    torch.manual_seed(0)
+    model = strategy.setup_module(torch.nn.Linear(3, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.manual_seed(strategy.global_rank)
+    for _ in range(2):
+        strategy.backward(model(torch.randn(4, 3)).sum(), model)
+        optimizer.step()
+        optimizer.zero_grad()
+    weights = strategy.all_gather(model.module.weight.detach())
+    return {
+        "rank": strategy.global_rank,
+        "world_size": strategy.world_size,
+        "local_rank": os.environ["LOCAL_RANK"],
+        "in_sync": bool(torch.equal(weights[0], weights[1])),
+        "weight": model.module.weight.detach(),
+    }
+
+
+def test_spawn_runs_every_rank_and_returns_rank_zeros_result():
+    strategy = _strategy("spawn")
+    launcher = strategy.launcher
+    assert isinstance(launcher, MultiprocessingLauncher)
+    result = launcher.launch(_train, strategy)
+    assert result["rank"] == 0
+    assert result["world_size"] == 2
+    assert result["local_rank"] == "0"
+    assert result["in_sync"]
+    assert isinstance(result["weight"], torch.Tensor)
+    assert result["weight"].device.type == "cpu"
+    assert not dist.is_initialized()  # nothing happened in this process
+
+
+def _add(strategy: DDPStrategy, value: int) -> int:
+    strategy.setup_environment()
+    total = strategy.all_reduce(torch.tensor(value + strategy.global_rank), reduce_op="sum")
+    strategy.teardown()
+    return int(total)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_fork_and_forkserver(start_method):
+    strategy = _strategy(start_method)
+    assert strategy.launcher.is_interactive_compatible is (start_method == "fork")
+    assert strategy.launcher.launch(_add, strategy, 10) == 21
+
+
+class _UnpicklableError(Exception):
+    def __init__(self, handle: object) -> None:
+        super().__init__("cannot travel")
+        self.handle = handle
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        raise TypeError("not picklable")
+
+
+def _fail(strategy: DDPStrategy, how: str) -> None:
+    strategy.setup_environment()
+    if strategy.global_rank == 1:
+        if how == "raise":
+            raise ValueError("boom on rank 1")
+        if how == "unpicklable":
+            raise _UnpicklableError(object())
+        if how == "exit":
+            os._exit(3)
+        if how == "atexit":
+            atexit.register(os._exit, 7)  # finishes its work, then dies at interpreter exit
+            return
+    if how != "atexit":
+        strategy.barrier()  # rank 0 would wait here forever for rank 1: the launcher stops it
+
+
+def test_a_child_exception_is_raised_again_with_its_traceback():
+    strategy = _strategy("spawn")
+    with pytest.raises(ValueError, match=r"boom on rank 1") as info:
+        strategy.launcher.launch(_fail, strategy, "raise")
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "local rank 1" in str(cause)
+    assert "in _fail" in str(cause)
+
+
+@pytest.mark.parametrize(
+    ("how", "start_method", "message"),
+    [
+        ("unpicklable", "fork", "_UnpicklableError: cannot travel"),
+        ("exit", "fork", "exit code 3"),
+        ("atexit", "spawn", "exit code 7"),  # atexit handlers run only in spawned interpreters
+    ],
+)
+def test_failures_that_cannot_be_raised_again_are_reported(how, start_method, message):
+    strategy = _strategy(start_method)
+    with pytest.raises(ProcessFailedError, match=message) as info:
+        strategy.launcher.launch(_fail, strategy, how)
+    assert info.value.local_rank == 1
+
+
+def test_unknown_start_method_lists_the_choices():
+    with pytest.raises(ValueError, match=r"'thread'.*spawn"):
+        MultiprocessingLauncher(_strategy("spawn"), start_method="thread")  # type: ignore[arg-type]
+
+
+def test_fork_is_allowed_while_cuda_is_untouched():
+    if not torch.cuda.is_initialized():
+        check_fork_allowed()
+
+
+@RunIf(min_cuda_gpus=1)
+def test_fork_is_refused_once_cuda_is_initialised():
+    torch.zeros(1, device="cuda")
+    with pytest.raises(RuntimeError, match=r"CUDA was already initialised.*ddp_spawn"):
+        _strategy("fork").launcher.launch(_add, None, 0)

@@ -1,0 +1,178 @@
+"""Count aborts at interpreter exit over many real two-process DDP training runs (not collected by pytest).
+
+    python packages/fabric-strategies/tests/teardown_loop.py --runs 50 --mode fabric raw
+
+Modes:
+  fabric          DDPStrategy + SubprocessScriptLauncher, the script calls ``strategy.teardown()``
+  fabric-atexit   the same, but the script never tears down: the strategy's exit hook does it
+  raw             plain torch: two processes, gloo, DistributedDataParallel, ``destroy_process_group()`` at the end
+                  (the baseline: with torch 2.13 + gloo some runs die with SIGABRT, "terminate called without an
+                  active exception")
+
+A run counts as aborted when a process of it died of SIGABRT or printed "terminate called"; any other non-zero exit
+counts as a failure. Exit status: 1 if a fabric mode had an abort or failure, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+
+FABRIC_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from datetime import timedelta
+    import torch
+    from fabric_strategies import DDPStrategy
+
+    teardown = sys.argv[1] == "teardown"
+    strategy = DDPStrategy(parallel_devices=[torch.device("cpu")] * 2, timeout=timedelta(seconds=60))
+    strategy.complete()
+
+    def train():
+        strategy.setup_environment()
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+        model = strategy.setup_module(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(5):
+            loss = model(torch.randn(8, 32)).sum()
+            strategy.backward(loss, model)
+            strategy.optimizer_step(optimizer)
+            optimizer.zero_grad()
+        if teardown:
+            strategy.teardown()
+        return model  # the wrapper stays referenced until interpreter exit, as in a user's script
+
+    launcher = strategy.launcher
+    model = launcher.launch(train) if launcher is not None else train()
+    """
+)
+
+RAW_SCRIPT = textwrap.dedent(
+    """
+    import os
+    from datetime import timedelta
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
+    torch.manual_seed(0)
+    model = DistributedDataParallel(
+        torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(5):
+        loss = model(torch.randn(8, 32)).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    dist.destroy_process_group()
+    """
+)
+
+ABORT_MARKER = "terminate called"
+SIGABRT_CODES = (-6, 134)
+
+
+@dataclass
+class Tally:
+    runs: int = 0
+    aborted_runs: int = 0
+    failed_runs: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _base_env() -> dict[str, str]:
+    drop = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_PORT", "MASTER_ADDR", "GROUP_RANK")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def _fabric_run(script: str, teardown: bool) -> list[tuple[int, str]]:
+    """One run: the launcher re-runs the script for rank 1; the parent reports a child's abort as a failure."""
+    proc = subprocess.run(
+        [sys.executable, script, "teardown" if teardown else "forget"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_base_env(),
+    )
+    return [(proc.returncode, proc.stderr)]
+
+
+def _raw_run(script: str) -> list[tuple[int, str]]:
+    env = {**_base_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    procs = [
+        subprocess.Popen([sys.executable, script], env={**env, "RANK": str(rank)}, stderr=subprocess.PIPE, text=True)
+        for rank in range(2)
+    ]
+    outcomes = []
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        outcomes.append((proc.returncode, stderr))
+    return outcomes
+
+
+def _classify(outcomes: list[tuple[int, str]], tally: Tally, index: int) -> None:
+    tally.runs += 1
+    aborted = any(code in SIGABRT_CODES or ABORT_MARKER in err or "SIGABRT" in err for code, err in outcomes)
+    failed = not aborted and any(code != 0 for code, _ in outcomes)
+    if aborted:
+        tally.aborted_runs += 1
+        tally.notes.append(f"run {index}: abort, exit codes {[code for code, _ in outcomes]}")
+    elif failed:
+        tally.failed_runs += 1
+        tail = next(err for code, err in outcomes if code != 0).strip().splitlines()[-3:]
+        tally.notes.append(f"run {index}: failure, exit codes {[code for code, _ in outcomes]}: {tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--mode", nargs="+", choices=("fabric", "fabric-atexit", "raw"), default=["fabric", "raw"])
+    args = parser.parse_args()
+    tallies: dict[str, Tally] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fabric_script = os.path.join(tmp, "fabric_ddp.py")
+        raw_script = os.path.join(tmp, "raw_ddp.py")
+        with open(fabric_script, "w") as f:
+            f.write(FABRIC_SCRIPT)
+        with open(raw_script, "w") as f:
+            f.write(RAW_SCRIPT)
+        for mode in args.mode:
+            tally = tallies[mode] = Tally()
+            start = time.monotonic()
+            for index in range(1, args.runs + 1):
+                if mode == "raw":
+                    outcomes = _raw_run(raw_script)
+                else:
+                    outcomes = _fabric_run(fabric_script, teardown=mode == "fabric")
+                _classify(outcomes, tally, index)
+            print(
+                f"{mode}: {tally.runs} runs, {tally.aborted_runs} aborted, {tally.failed_runs} other failures"
+                f" ({time.monotonic() - start:.0f}s)",
+                flush=True,
+            )
+            for note in tally.notes:
+                print(f"  {note}", flush=True)
+    fabric_bad = sum(t.aborted_runs + t.failed_runs for mode, t in tallies.items() if mode != "raw")
+    return 1 if fabric_bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

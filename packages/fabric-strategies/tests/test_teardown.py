@@ -1,0 +1,104 @@
+"""Clean teardown: DDP wrappers release the process group before it is destroyed, also at interpreter exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from fabric_strategies import destroy_process_group_cleanly, release_ddp_wrapper
+from fabric_strategies.teardown import describe_references, track_ddp_wrapper
+from fabric_testing import RunIf
+
+LOOP_SCRIPT = Path(__file__).with_name("teardown_loop.py")
+
+
+@pytest.fixture
+def single_process_group():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=timedelta(seconds=30))
+    yield
+    destroy_process_group_cleanly()
+
+
+@pytest.mark.usefixtures("single_process_group")
+def test_release_drops_the_group_references_and_keeps_the_forward_working():
+    module = torch.nn.Linear(2, 2)
+    wrapper = DistributedDataParallel(module)
+    assert set(describe_references(wrapper)) >= {"reducer", "logger", "process_group"}
+    release_ddp_wrapper(wrapper)
+    assert describe_references(wrapper) == []
+    assert torch.equal(wrapper(torch.ones(1, 2)), module(torch.ones(1, 2)))
+    with pytest.raises(TypeError, match=r"DistributedDataParallel module, got Linear"):
+        release_ddp_wrapper(module)  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("single_process_group")
+def test_destroy_releases_tracked_wrappers_and_is_idempotent():
+    wrapper = DistributedDataParallel(torch.nn.Linear(2, 2))
+    track_ddp_wrapper(wrapper)
+    destroy_process_group_cleanly()
+    assert not dist.is_initialized()
+    assert describe_references(wrapper) == []
+    destroy_process_group_cleanly()
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import atexit
+    from datetime import timedelta
+    import torch
+    import torch.distributed as dist
+    from fabric_strategies import DDPStrategy
+
+    holder = {}
+    # registered first, so it runs after the strategy's exit hook
+    atexit.register(lambda: print("at exit: initialized", dist.is_initialized(),
+                                  "reducer", hasattr(holder["model"], "reducer"), flush=True))
+    strategy = DDPStrategy(parallel_devices=[torch.device("cpu")], timeout=timedelta(seconds=20))
+    strategy.complete()
+    strategy.setup_environment()
+    holder["model"] = strategy.setup_module(torch.nn.Linear(2, 2))
+    holder["model"](torch.ones(1, 2)).sum().backward()
+    # no teardown: the user forgot it
+    """
+)
+
+
+def test_a_forgotten_teardown_happens_at_interpreter_exit(tmp_path):
+    script = tmp_path / "forgot.py"
+    script.write_text(EXIT_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "at exit: initialized False reducer False" in proc.stdout
+
+
+def test_one_two_process_ddp_run_through_the_launcher_exits_cleanly():
+    proc = subprocess.run(
+        [sys.executable, str(LOOP_SCRIPT), "--runs", "1", "--mode", "fabric-atexit"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fabric-atexit: 1 runs, 0 aborted, 0 other failures" in proc.stdout
+
+
+@RunIf(standalone=True)
+def test_fifty_two_process_ddp_runs_never_abort():
+    proc = subprocess.run(
+        [sys.executable, str(LOOP_SCRIPT), "--runs", "50", "--mode", "fabric"],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fabric: 50 runs, 0 aborted, 0 other failures" in proc.stdout
