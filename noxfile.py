@@ -148,6 +148,8 @@ def tests_xla(session: nox.Session, package: str) -> None:
 def integration(session: nox.Session) -> None:
     """Cross-package runs: parity with raw PyTorch, launch, checkpoint/resume, faults."""
     install_packages(session, ["fabric-core"], test_of="fabric-core")
+    # DeepSpeed checkpoints are part of the cross-package contract (untrusted-checkpoint tests)
+    session.install("-c", CONSTRAINTS, "deepspeed>=0.14")
     session.run(
         "python",
         "-m",
