@@ -112,22 +112,25 @@ def test_resume_mid_epoch_in_a_new_process(helpers: Any, workdir: Path, config: 
 
 
 RESTART_BUG = (
-    "`fabric run` starts torchrun with its static rendezvous, whose TCPStore outlives the failed attempt: the"
-    " restarted processes' gloo rendezvous reads the dead processes' addresses and fails or hangs"
+    "flaky, about 1 run in 2: `fabric run` starts torchrun with its static rendezvous (cli/run.py, torchrun_arguments:"
+    " --master-addr/--master-port), whose TCPStore outlives the failed attempt; the restarted processes' gloo"
+    " rendezvous can read the dead processes' addresses from it and fail (or hang until the process-group timeout)."
+    " torchrun's c10d rendezvous (--rdzv-backend=c10d --rdzv-endpoint=ADDR:PORT) gives every attempt a fresh store"
 )
 
 
-@pytest.mark.xfail(strict=True, reason=RESTART_BUG)
 def test_fabric_run_restarts_after_a_crash_and_resumes(helpers: Any, workdir: Path, references: Any) -> None:
     reference = references("ddp")
     checkpoint = workdir / "checkpoint.ckpt"
     extra = ["--save-every", "3", "--resume", "--ckpt", str(checkpoint), "--out", str(workdir / "out.pt")]
     # the crash: rank 1 raises at step 5 of the first attempt; the last checkpoint was taken at step 3. A short
-    # process-group timeout bounds a stuck rendezvous; rank 0 joins the restarted attempt 2 s after rank 1.
-    extra += ["--fail", "1:5:raise", "--fail-once", "--timeout", "20", "--late-rank0", "2"]
+    # process-group timeout bounds a stuck rendezvous of the restarted attempt.
+    extra += ["--fail", "1:5:raise", "--fail-once", "--timeout", "20"]
     options = ["--accelerator", "cpu", "--devices", "2", "--max-restarts", "1"]
     result = train(helpers, workdir, "ddp", *extra, fabric_run=options)
     assert "injected failure for the integration test" in result.output, result.describe()  # attempt 1 crashed
+    if result.returncode != 0 and "connectFullMesh failed" in result.output:
+        pytest.xfail(RESTART_BUG)  # the restarted attempt could not form its process group
     assert result.returncode == 0, result.describe()
     assert re.search(r"resumed from \S+ at step 3\b", result.output), result.describe()
     assert len(helpers.recorded_ranks(workdir / "pids")) == 4  # two attempts of two processes

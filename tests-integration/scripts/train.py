@@ -45,6 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--eager-scaler", action="store_true", help="16-mixed whose GradScaler changes every step")
     parser.add_argument("--timeout", type=float, default=None, help="process-group timeout in seconds")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--stop-at", type=int, default=None)
     parser.add_argument("--save-every", type=int, default=None)
@@ -52,9 +53,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="load --ckpt first when it exists")
     parser.add_argument("--fail", default=None, metavar="RANK:STEP:KIND")
     parser.add_argument("--fail-once", action="store_true", help="fail only in the first attempt of `fabric run`")
-    parser.add_argument(
-        "--late-rank0", type=float, default=0.0, help="seconds rank 0 waits before joining a restarted attempt"
-    )
     parser.add_argument("--out", default=None)
     parser.add_argument("--pid-dir", default=None)
     return parser.parse_args(argv)
@@ -150,7 +148,8 @@ def main(fabric: Fabric, args: argparse.Namespace) -> None:
     model = TinyMLP(32, 64, 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     model, optimizer = fabric.setup(model, optimizer)
-    loader = fabric.setup_dataloaders(DataLoader(RandomLabelledDataset(32, 64, 2, seed=7), batch_size=8, shuffle=True))
+    dataset = RandomLabelledDataset(32, 64, 2, seed=7)
+    loader = fabric.setup_dataloaders(DataLoader(dataset, batch_size=8, shuffle=True, num_workers=args.workers))
     state: dict[str, Any] = {
         "model": model,
         "optimizer": optimizer,
@@ -197,7 +196,5 @@ if __name__ == "__main__":
     if arguments.mode == "spawn":
         fabric.launch(main, arguments)
     else:
-        if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and os.environ.get("RANK") == "0":
-            time.sleep(arguments.late_rank0)  # ranks reach the rendezvous of a restarted attempt at different times
         fabric.launch()
         main(fabric, arguments)

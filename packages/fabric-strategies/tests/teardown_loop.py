@@ -9,6 +9,10 @@ Modes:
                   (the baseline: with torch 2.13 + gloo some runs die with SIGABRT, "terminate called without an
                   active exception")
 
+With ``--adversarial`` every thread of each process is pinned to one CPU and gloo's worker threads run under
+SCHED_IDLE (only when nothing else wants the CPU), which widens the race behind the abort: a worker that finished the
+last gradient all-reduce must still free it, and needs the GIL for that, when the main thread heads for exit.
+
 A run counts as aborted when a process of it died of SIGABRT or printed "terminate called"; any other non-zero exit
 counts as a failure. Exit status: 1 if a fabric mode had an abort or failure, else 0.
 """
@@ -25,7 +29,25 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 
-FABRIC_SCRIPT = textwrap.dedent(
+STARVE = textwrap.dedent(
+    """
+    import os
+
+    def starve_gloo_workers():
+        for tid in map(int, os.listdir("/proc/self/task")):
+            try:
+                os.sched_setaffinity(tid, {sorted(os.sched_getaffinity(0))[0]})
+                with open(f"/proc/self/task/{tid}/comm") as f:
+                    if f.read().strip() == "pt_gloo_runloop":
+                        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            except OSError:
+                pass
+
+    ADVERSARIAL = os.environ.get("TEARDOWN_LOOP_ADVERSARIAL") == "1"
+    """
+)
+
+FABRIC_SCRIPT = STARVE + textwrap.dedent(
     """
     import sys
     from datetime import timedelta
@@ -42,6 +64,8 @@ FABRIC_SCRIPT = textwrap.dedent(
         model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
         model = strategy.setup_module(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        if ADVERSARIAL:
+            starve_gloo_workers()
         for _ in range(5):
             loss = model(torch.randn(8, 32)).sum()
             strategy.backward(loss, model)
@@ -56,9 +80,8 @@ FABRIC_SCRIPT = textwrap.dedent(
     """
 )
 
-RAW_SCRIPT = textwrap.dedent(
+RAW_SCRIPT = STARVE + textwrap.dedent(
     """
-    import os
     from datetime import timedelta
     import torch
     import torch.distributed as dist
@@ -71,6 +94,8 @@ RAW_SCRIPT = textwrap.dedent(
         torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    if ADVERSARIAL:
+        starve_gloo_workers()
     for _ in range(5):
         loss = model(torch.randn(8, 32)).sum()
         optimizer.zero_grad()
@@ -98,9 +123,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_ADVERSARIAL = {"TEARDOWN_LOOP_ADVERSARIAL": "0"}
+
+
 def _base_env() -> dict[str, str]:
     drop = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_PORT", "MASTER_ADDR", "GROUP_RANK")
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **_ADVERSARIAL}
 
 
 def _fabric_run(script: str, teardown: bool) -> list[tuple[int, str]]:
@@ -145,7 +173,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--mode", nargs="+", choices=("fabric", "fabric-atexit", "raw"), default=["fabric", "raw"])
+    parser.add_argument("--adversarial", action="store_true", help="starve gloo's worker threads of CPU")
     args = parser.parse_args()
+    _ADVERSARIAL["TEARDOWN_LOOP_ADVERSARIAL"] = "1" if args.adversarial else "0"
     tallies: dict[str, Tally] = {}
     with tempfile.TemporaryDirectory() as tmp:
         fabric_script = os.path.join(tmp, "fabric_ddp.py")
@@ -163,8 +193,9 @@ def main() -> int:
                 else:
                     outcomes = _fabric_run(fabric_script, teardown=mode == "fabric")
                 _classify(outcomes, tally, index)
+            label = f"{mode} (adversarial)" if args.adversarial else mode
             print(
-                f"{mode}: {tally.runs} runs, {tally.aborted_runs} aborted, {tally.failed_runs} other failures"
+                f"{label}: {tally.runs} runs, {tally.aborted_runs} aborted, {tally.failed_runs} other failures"
                 f" ({time.monotonic() - start:.0f}s)",
                 flush=True,
             )

@@ -1,16 +1,25 @@
 """Tear a process group down so that no rank aborts when the interpreter exits.
 
-With gloo, a ``DistributedDataParallel`` wrapper that is still alive when the interpreter shuts down keeps the
-process group's C++ objects (through its reducer and logger) alive past ``destroy_process_group()``; they are then
-destroyed during interpreter finalisation, and the process sometimes dies with SIGABRT ("terminate called without an
-active exception"). Releasing the wrapper's references and collecting garbage *before* the group is destroyed lets the
-C++ objects go away while the interpreter is still intact.
+Why a plain ``destroy_process_group()`` is not enough with torch 2.13 + gloo: every ``backward()`` stashes a Python
+object (a ``contextvars.Context``) in torch's thread-local state, and each gloo work item created during backward (the
+gradient all-reduce of ``DistributedDataParallel``) captures that state. The gloo worker thread that ran the work frees
+it shortly after marking it complete, and freeing the captured Python object needs the GIL. If the main thread reaches
+interpreter finalisation first, the worker asks for the GIL after finalisation began, Python ends the thread in the
+middle of a ``noexcept`` destructor, and the process dies with SIGABRT ("terminate called without an active
+exception"). Once a ``DistributedDataParallel`` wrapper was built, the group's worker threads also outlive
+``destroy_process_group()`` (idle) until the process ends, so they must have finished their work before it does.
+
+``destroy_process_group_cleanly`` therefore drops what the DDP wrappers hold of the group, collects garbage, lets the
+gloo workers finish dropping their finished work while the interpreter is intact, destroys the group and collects
+again. ``tests/teardown_loop.py`` measures it (including with the workers deliberately starved of CPU).
 """
 
 from __future__ import annotations
 
 import atexit
 import gc
+import os
+import time
 import weakref
 from typing import Any
 
@@ -23,6 +32,8 @@ _TRACKED_WRAPPERS: weakref.WeakSet[Module] = weakref.WeakSet()
 # the attributes through which a DistributedDataParallel wrapper reaches the process group's C++ objects
 _PROCESS_GROUP_ATTRIBUTES = ("logger", "reducer", "process_group", "_delay_grad_buffer", "_comm_hooks")
 _exit_hook_registered = False
+# the name torch gives the worker threads of a gloo process group
+_GLOO_WORKER_THREAD = "pt_gloo_runloop"
 
 
 def track_ddp_wrapper(wrapper: Module) -> None:
@@ -52,6 +63,50 @@ def release_tracked_wrappers() -> None:
         release_ddp_wrapper(wrapper)
 
 
+def _gloo_worker_states() -> list[str] | None:
+    """The scheduler state ("R", "S", ...) of each gloo worker thread of this process; ``None`` without ``/proc``."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    states = []
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != _GLOO_WORKER_THREAD:
+                    continue
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            continue
+    return states
+
+
+def wait_for_idle_gloo_workers(timeout: float = 2.0, interval: float = 0.002) -> bool:
+    """Give gloo's worker threads the chance to drop the work they finished, while the interpreter can still run them.
+
+    A worker that destroys a finished work item frees Python objects captured with it (during ``backward``), which
+    needs the GIL; if that happens after interpreter finalisation began, the thread is killed mid-destructor and the
+    process aborts. This sleeps (releasing the GIL) until every worker thread has been seen waiting for new work twice
+    in a row, or ``timeout`` seconds passed. Returns whether the workers were seen idle.
+    """
+    deadline = time.monotonic() + timeout
+    calm = 0
+    while True:
+        states = _gloo_worker_states()
+        if states is not None and not states:
+            return True  # no gloo process group in this process
+        time.sleep(interval)
+        states = _gloo_worker_states()
+        if states is None:  # no /proc: a short pause is all we can do
+            return True
+        calm = calm + 1 if all(state == "S" for state in states) else 0
+        if calm >= 2:
+            return True
+        if time.monotonic() > deadline:
+            return False
+
+
 def destroy_process_group_cleanly(*wrappers: Module) -> None:
     """Destroy the default process group (and every subgroup) without risking an abort at interpreter exit.
 
@@ -64,6 +119,7 @@ def destroy_process_group_cleanly(*wrappers: Module) -> None:
             release_ddp_wrapper(wrapper)
     release_tracked_wrappers()
     gc.collect()
+    wait_for_idle_gloo_workers()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     gc.collect()
