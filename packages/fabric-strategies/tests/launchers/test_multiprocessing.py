@@ -67,9 +67,21 @@ def _add(strategy: DDPStrategy, value: int) -> int:
 
 @pytest.mark.parametrize("start_method", ["fork", "forkserver"])
 def test_fork_and_forkserver(start_method):
-    strategy = _strategy(start_method)
-    assert strategy.launcher.is_interactive_compatible is (start_method == "fork")
-    assert strategy.launcher.launch(_add, strategy, 10) == 21
+    # Run in a fresh interpreter, as a user script would: forking this long-lived pytest process, which earlier
+    # tests filled with library threads (gloo, DeepSpeed), can deadlock the child in a lock a dead thread held.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import test_multiprocessing as t; "
+        f"s = t._strategy({start_method!r}); "
+        f"assert s.launcher.is_interactive_compatible is {start_method == 'fork'}; "
+        "print('result', s.launcher.launch(t._add, s, 10))"
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    result = subprocess.run([sys.executable, "-c", code, here], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "result 21" in result.stdout
 
 
 class _UnpicklableError(Exception):
