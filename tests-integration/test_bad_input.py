@@ -168,13 +168,7 @@ NEGATIVE_MAX_NORM_BUG = (
 )
 
 
-CORRUPT_FILE_BUG = (
-    "fabric-io's TorchCheckpointIO.load_checkpoint turns only some of torch.load's errors into a ValueError naming the"
-    " file (_UNREADABLE in torch_io.py); garbage bytes make the weights-only unpickler raise IndexError or"
-    " struct.error, which escape as they are"
-)
-KNOWN_BUGS = {"clip negative max_norm": NEGATIVE_MAX_NORM_BUG, "load garbage bytes": CORRUPT_FILE_BUG}
-KNOWN_BUGS["load short pickle"] = CORRUPT_FILE_BUG
+KNOWN_BUGS = {"clip negative max_norm": NEGATIVE_MAX_NORM_BUG}
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,9 @@ _UNREADABLE = (
     KeyError,
     ImportError,
     AttributeError,
+    # garbage bytes can stop the weights-only unpickler in its framing, before any pickle error
+    IndexError,
+    struct.error,
 )
 
 
