@@ -259,24 +259,30 @@ def build(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
-@nox.parametrize("package", list(PACKAGES))
-def wheel_import(session: nox.Session, package: str) -> None:
-    """Install one built wheel (plus its siblings' wheels) into a fresh venv and import it."""
+def wheel_imports(session: nox.Session) -> None:
+    """Each built wheel, with only its siblings' wheels and declared dependencies, installs and imports.
+
+    One venv holds torch; after each package the venv is put back to that baseline (everything else uninstalled), so a
+    dependency one package pulls in can never hide a missing declaration in the next one.
+    """
     dist = ROOT / "dist"
     install_torch(session)
-    # wheel files by path: pip must not pick an unrelated distribution of the same name from an index
-    wheels = [str(next(dist.glob(name.replace("-", "_") + "-*.whl"))) for name in closure([package])]
-    session.install("-c", CONSTRAINTS, *wheels)
-    module = package.replace("-", "_")
-    code = f"import {module} as m; print(m.__name__, 'imports from', m.__file__, 'with', len(m.__all__), 'names')"
-    session.run("python", "-c", code)
+    baseline = installed_distributions(session)
+    for package in PACKAGES:
+        # wheel files by path: pip must not pick an unrelated distribution of the same name from an index
+        wheels = [str(next(dist.glob(name.replace("-", "_") + "-*.whl"))) for name in closure([package])]
+        session.install("-c", CONSTRAINTS, *wheels, silent=True)
+        module = package.replace("-", "_")
+        code = f"import {module} as m; print(m.__name__, 'imports from', m.__file__, 'with', len(m.__all__), 'names')"
+        session.run("python", "-c", code)
+        extra = sorted(installed_distributions(session) - baseline)
+        session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", *extra, silent=True)
 
 
-@nox.session(python=False, default=False)
-def wheel_imports(session: nox.Session) -> None:
-    """Queue `wheel_import` for every package."""
-    for name in PACKAGES:
-        session.notify(f"wheel_import(package='{name}')")
+def installed_distributions(session: nox.Session) -> set[str]:
+    code = "import importlib.metadata as m; print(' '.join({d.metadata['Name'].lower() for d in m.distributions()}))"
+    output = session.run("python", "-c", code, silent=True)
+    return set(str(output).split())
 
 
 @nox.session
