@@ -190,15 +190,7 @@ def _deepspeed(rank: int, world_size: int, directory: str) -> dict[str, Any]:
     return outcome
 
 
-DEEPSPEED_BUG = (
-    "fabric-strategies' DeepSpeedStrategy.load_checkpoint (deepspeed/checkpoint.py, load_engine_checkpoint) hands"
-    " the directory to engine.load_checkpoint, whose checkpoint engine calls torch.load(weights_only=False): the"
-    " payload runs and weights_only is ignored"
-)
-
-
 @RunIf(deepspeed=True)
-@pytest.mark.xfail(strict=True, reason=DEEPSPEED_BUG)
 def test_deepspeed_checkpoint(tmp_path: Path) -> None:
     outcomes = run_processes(_deepspeed, str(tmp_path), world_size=1, init_process_group=False, timeout=300)
     outcome = outcomes[0]

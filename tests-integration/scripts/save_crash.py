@@ -199,23 +199,28 @@ def run_trials(
     return results
 
 
+def with_siblings(path: str) -> list[str]:
+    """``path`` and the hidden siblings where an interrupted sharded save keeps its directories: all of them are the
+    checkpoint on disk (a load reads the complete sibling when a kill left nothing at ``path``)."""
+    parent, name = os.path.split(path)
+    return [path, os.path.join(parent, f".{name}.partial"), os.path.join(parent, f".{name}.old")]
+
+
 def copy(source: str, target: str) -> None:
     remove(target)
-    if os.path.isdir(source):
-        shutil.copytree(source, target)
-    else:
-        shutil.copy2(source, target)
+    for origin, destination in zip(with_siblings(source), with_siblings(target)):
+        if os.path.isdir(origin):
+            shutil.copytree(origin, destination)
+        elif os.path.exists(origin):
+            shutil.copy2(origin, destination)
 
 
 def remove(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
-    parent, name = os.path.split(path)
-    for leftover in (f".{name}.partial", f".{name}.old"):  # where an interrupted sharded save keeps its directories
-        if os.path.isdir(os.path.join(parent, leftover)):
-            shutil.rmtree(os.path.join(parent, leftover))
+    for leftover in with_siblings(path):
+        if os.path.isdir(leftover):
+            shutil.rmtree(leftover)
+        elif os.path.exists(leftover):
+            os.remove(leftover)
 
 
 # -- single file ------------------------------------------------------------------------------------------------

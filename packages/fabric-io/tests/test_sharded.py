@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from fabric_io import (
     read_sharded_metadata,
     save_sharded_checkpoint,
 )
+from fabric_io.sharded import COMPLETE_FILE
 from fabric_testing import run_processes
 
 FULL = torch.arange(16.0).reshape(8, 2)
@@ -89,12 +91,104 @@ def test_an_interrupted_save_is_detected_not_half_loaded(tmp_path: Path) -> None
     torch.testing.assert_close(target["w"], torch.zeros(8, 2))
 
 
-def test_a_checkpoint_left_beside_the_target_by_an_interrupted_replace_is_pointed_out(tmp_path: Path) -> None:
+# --- a save killed while it replaces a checkpoint -----------------------------------------------------------------
+# The states below are what ``save_sharded_checkpoint`` leaves when its process is killed at each step of replacing
+# ``ckpt`` (``tests-integration/test_save_crash.py`` kills real saves at every file operation). Each is built from real
+# checkpoints: ``_interrupted`` saves the old and the new version and arranges them as the killed save would have.
+
+
+def _weights(path: Path) -> torch.Tensor:
+    target = {"w": torch.zeros(8, 2)}
+    load_sharded_checkpoint(target, path)
+    return target["w"]
+
+
+def _interrupted(tmp_path: Path, *, old: bool, moved_aside: bool, marked: bool) -> Path:
+    """``ckpt`` being replaced by a save of ``FULL * 2``: ``old`` whether ``FULL`` was there before, ``moved_aside``
+    whether the old one was already renamed to ``.ckpt.old``, ``marked`` whether the new one carries its marker."""
+    path = tmp_path / "ckpt"
+    if old:
+        save_sharded_checkpoint({"w": FULL.clone()}, path)
+    save_sharded_checkpoint({"w": FULL * 2}, tmp_path / "new")
+    assert (tmp_path / "new" / COMPLETE_FILE).is_file(), "a published checkpoint carries the completion marker"
+    if not marked:
+        os.remove(tmp_path / "new" / COMPLETE_FILE)
+    os.rename(tmp_path / "new", tmp_path / ".ckpt.partial")
+    if old and moved_aside:
+        os.rename(path, tmp_path / ".ckpt.old")
+    return path
+
+
+def test_killed_between_the_two_renames_loads_the_new_checkpoint(tmp_path: Path) -> None:
+    path = _interrupted(tmp_path, old=True, moved_aside=True, marked=True)
+    assert not path.exists()
+    assert is_sharded_checkpoint(path)
+    assert check_sharded_checkpoint(path) == str(tmp_path / ".ckpt.partial")
+    torch.testing.assert_close(_weights(path), FULL * 2)
+    assert "w" in read_sharded_metadata(path).state_dict_metadata
+    # the next save first puts the new checkpoint in place, then replaces it
+    save_sharded_checkpoint({"w": FULL * 3}, path)
+    torch.testing.assert_close(_weights(path), FULL * 3)
+    assert _siblings(path) == ["ckpt"]
+
+
+def test_a_failed_save_after_an_interrupted_one_leaves_the_recovered_checkpoint_in_place(tmp_path: Path) -> None:
+    path = _interrupted(tmp_path, old=True, moved_aside=True, marked=True)
+    with pytest.raises(TypeError, match="pickle"):
+        save_sharded_checkpoint({"w": FULL * 3, "lock": threading.Lock()}, path)
+    assert path.is_dir(), "the interrupted save's complete checkpoint was put back at the target"
+    torch.testing.assert_close(_weights(path), FULL * 2)
+    # only the failed save's own unmarked staging directory is left (the next save removes it)
+    assert _siblings(path) == [".ckpt.partial", "ckpt"]
+    assert not (tmp_path / ".ckpt.partial" / COMPLETE_FILE).exists()
+    os.rename(path, tmp_path / "elsewhere")
+    assert not is_sharded_checkpoint(path), "an unmarked staging directory is never taken for a checkpoint"
+
+
+def test_an_unmarked_staging_directory_is_never_loaded(tmp_path: Path) -> None:
+    # moved aside, but the new directory has no completion marker (a save from before markers): the old one loads
+    path = _interrupted(tmp_path, old=True, moved_aside=True, marked=False)
+    assert check_sharded_checkpoint(path) == str(tmp_path / ".ckpt.old")
+    torch.testing.assert_close(_weights(path), FULL)
+    save_sharded_checkpoint({"w": FULL * 3}, path)
+    torch.testing.assert_close(_weights(path), FULL * 3)
+    assert _siblings(path) == ["ckpt"]
+
+
+def test_killed_before_the_first_rename_keeps_the_old_checkpoint(tmp_path: Path) -> None:
+    for marked in (False, True):  # killed before or after marking the new checkpoint complete
+        path = _interrupted(tmp_path, old=True, moved_aside=False, marked=marked)
+        assert check_sharded_checkpoint(path) == str(path)
+        torch.testing.assert_close(_weights(path), FULL)
+        save_sharded_checkpoint({"w": FULL * 3}, path)
+        torch.testing.assert_close(_weights(path), FULL * 3)
+        assert _siblings(path) == ["ckpt"]
+        shutil.rmtree(path)
+
+
+def test_a_first_save_killed_before_its_rename(tmp_path: Path) -> None:
+    path = _interrupted(tmp_path, old=False, moved_aside=False, marked=True)
+    torch.testing.assert_close(_weights(path), FULL * 2)  # complete: it loads
+    os.remove(tmp_path / ".ckpt.partial" / COMPLETE_FILE)  # killed before it was marked: there is no checkpoint
+    assert not is_sharded_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="Sharded checkpoint not found: " + re.escape(repr(str(path)))):
+        _weights(path)
+    save_sharded_checkpoint({"w": FULL * 3}, path)
+    torch.testing.assert_close(_weights(path), FULL * 3)
+    assert _siblings(path) == ["ckpt"]
+
+
+def test_killed_while_deleting_the_old_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "ckpt"
     save_sharded_checkpoint({"w": FULL.clone()}, path)
-    os.rename(path, tmp_path / ".ckpt.old")  # a crash between moving the old checkpoint away and the new one in
-    with pytest.raises(FileNotFoundError, match=r"interrupted.*\.ckpt\.old"):
-        load_sharded_checkpoint({"w": torch.zeros(8, 2)}, path)
+    save_sharded_checkpoint({"w": FULL * 2}, tmp_path / ".ckpt.old")
+    # a deletion cut short: the markers go first, so what is left never counts as a checkpoint
+    os.remove(tmp_path / ".ckpt.old" / COMPLETE_FILE)
+    os.remove(tmp_path / ".ckpt.old" / METADATA_FILE)
+    shutil.rmtree(path)
+    assert not is_sharded_checkpoint(path)
+    with pytest.raises(FileNotFoundError):
+        _weights(path)
 
 
 def test_missing_file_and_url_paths(tmp_path: Path) -> None:

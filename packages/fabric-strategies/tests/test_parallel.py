@@ -8,7 +8,13 @@ import torch
 from fabric_environments import LightningEnvironment
 from fabric_io import TorchCheckpointIO
 from fabric_precision import Precision
-from fabric_strategies import ParallelStrategy
+from fabric_strategies import (
+    DEFAULT_TIMEOUT,
+    DDPStrategy,
+    MultiprocessingLauncher,
+    ParallelStrategy,
+    SubprocessScriptLauncher,
+)
 from fabric_testing import run_processes
 
 CPU2 = [torch.device("cpu")] * 2
@@ -43,6 +49,36 @@ def test_invalid_parts_are_rejected():
         ParallelStrategy(cluster_environment="slurm")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"num_nodes.*0"):
         ParallelStrategy().complete(num_nodes=0)
+
+
+def test_without_a_start_method_it_starts_nothing_and_creates_no_process_group(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    strategy = ParallelStrategy(parallel_devices=CPU2)
+    assert strategy.start_method is None
+    assert strategy.launcher is None
+    assert not strategy._setup_process_group()
+    assert (strategy.process_group_backend, strategy.timeout) == ("gloo", DEFAULT_TIMEOUT)
+
+
+def test_the_start_method_chooses_the_launcher(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    popen = ParallelStrategy(parallel_devices=CPU2, start_method="popen", cluster_environment=LightningEnvironment())
+    assert isinstance(popen.launcher, SubprocessScriptLauncher)
+    assert isinstance(ParallelStrategy(parallel_devices=CPU2, start_method="fork").launcher, MultiprocessingLauncher)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # processes started by an external launcher
+    assert ParallelStrategy(parallel_devices=CPU2, start_method="spawn").launcher is None
+
+
+def test_process_group_options_are_checked():
+    with pytest.raises(ValueError, match=r"'thread'.*popen, spawn, fork, forkserver"):
+        ParallelStrategy(start_method="thread")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"None.*popen, spawn, fork, forkserver"):
+        DDPStrategy(start_method=None)  # type: ignore[arg-type]  # DDP always starts its processes
+    with pytest.raises(TypeError, match=r"timedelta"):
+        ParallelStrategy(timeout=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"'glooo'"):
+        ParallelStrategy(process_group_backend="glooo")
+    assert ParallelStrategy(process_group_backend="NCCL").process_group_backend == "nccl"
 
 
 def test_collectives_act_locally_before_the_process_group_exists():

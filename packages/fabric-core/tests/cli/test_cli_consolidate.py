@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,6 @@ import pytest
 import torch
 
 from fabric_core.cli import main
-from fabric_core.consolidate import UnsafeCheckpointError, consolidate_checkpoint, load_sharded_as_full
 from fabric_testing import run_processes
 
 FULL_WEIGHT = torch.arange(24, dtype=torch.float32).reshape(6, 4)
@@ -59,13 +59,22 @@ def test_consolidate_writes_one_weights_only_file(
     assert sorted(os.listdir(tmp_path)) == ["full.pt"]  # no temporary file left behind
 
 
-def test_default_output_sits_next_to_the_directory(sharded: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "ckpt"
-    copy.mkdir()
+def _copy(sharded: Path, target: Path) -> Path:
+    target.mkdir()
     for item in sharded.iterdir():
-        (copy / item.name).write_bytes(item.read_bytes())
-    written = consolidate_checkpoint(copy)
-    assert written == str(copy) + ".consolidated"
+        (target / item.name).write_bytes(item.read_bytes())
+    return target
+
+
+def test_default_output_sits_next_to_the_directory(
+    sharded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = _copy(sharded, tmp_path / "ckpt")
+    with pytest.raises(SystemExit) as info:
+        main(["consolidate", str(copy)])
+    assert info.value.code == 0
+    written = str(copy) + ".consolidated"
+    assert written in capsys.readouterr().out
     check_full(torch.load(written, weights_only=True))
 
 
@@ -79,19 +88,30 @@ class Exploit:
         return (open, (self.marker, "w"))
 
 
-def test_metadata_carrying_a_payload_is_refused_without_running_it(sharded: Path, tmp_path: Path) -> None:
-    evil = tmp_path / "evil"
-    evil.mkdir()
-    for item in sharded.iterdir():
-        (evil / item.name).write_bytes(item.read_bytes())
+def _refused(source: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """``fabric consolidate source`` must fail with exit code 1 and write nothing; return its error output."""
+    with pytest.raises(SystemExit) as info:
+        main(["consolidate", str(source)])
+    assert info.value.code == 1
+    assert not Path(f"{source}.consolidated").exists()
+    return capsys.readouterr().err
+
+
+def test_metadata_carrying_a_payload_is_refused_without_running_it(
+    sharded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    evil = _copy(sharded, tmp_path / "evil")
     marker = tmp_path / "payload-ran"
     (evil / ".metadata").write_bytes(pickle.dumps(Exploit(str(marker))))
-    with pytest.raises(UnsafeCheckpointError, match=r"(io|builtins)\.open"):
-        load_sharded_as_full(evil)
+    err = _refused(evil, capsys)
+    assert re.search(r"(io|builtins)\.open", err), err
+    assert "weights_only=False" in err  # the way out, for a checkpoint the user trusts, is named
     assert not marker.exists()
 
 
-def test_entries_that_are_not_plain_data_are_refused_without_running_them(tmp_path: Path) -> None:
+def test_entries_that_are_not_plain_data_are_refused_without_running_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import torch.distributed.checkpoint as dcp
 
     marker = tmp_path / "payload-ran"
@@ -99,17 +119,22 @@ def test_entries_that_are_not_plain_data_are_refused_without_running_them(tmp_pa
         warnings.simplefilter("ignore")
         dcp.save({"w": torch.ones(2), "obj": Exploit(str(marker))}, checkpoint_id=str(tmp_path / "ckpt"), no_dist=True)
     assert not marker.exists()  # saving pickles the object without running it
-    with pytest.raises(UnsafeCheckpointError, match=r"'obj'.*open"):
-        consolidate_checkpoint(tmp_path / "ckpt")
+    err = _refused(tmp_path / "ckpt", capsys)
+    assert re.search(r"'obj'.*open", err), err
     assert not marker.exists()
-    assert not (tmp_path / "ckpt.consolidated").exists()
 
 
-def test_bad_directories_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_directories_exit_2_with_one_line(
+    sharded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
     (incomplete / "__0_0.distcp").write_bytes(b"partial")
-    for target, expected in ((tmp_path / "missing", "not found"), (incomplete, "incomplete")):
+    corrupt = _copy(sharded, tmp_path / "corrupt")
+    for shard in corrupt.glob("*.distcp"):
+        shard.write_bytes(shard.read_bytes()[:100])
+    cases = ((tmp_path / "missing", "not found"), (incomplete, "incomplete"), (corrupt, "failed"))
+    for target, expected in cases:
         with pytest.raises(SystemExit) as info:
             main(["consolidate", str(target)])
         assert info.value.code == 2

@@ -6,11 +6,11 @@ import os
 
 from typing_extensions import override
 
-from fabric_environments._env import check_world_size, env_int, env_port, ignore_setter
-from fabric_environments.base import ClusterEnvironment
+from fabric_environments._env import check_world_size
+from fabric_environments._fixed_ranks import FixedRanksEnvironment
 
 
-class KubeflowEnvironment(ClusterEnvironment):
+class KubeflowEnvironment(FixedRanksEnvironment):
     """A pod of a Kubeflow ``PyTorchJob``: ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE`` and ``RANK`` are set.
 
     Each pod runs one process, so the local rank is 0 and the node rank equals the global rank. Kubeflow's variables
@@ -23,11 +23,6 @@ class KubeflowEnvironment(ClusterEnvironment):
 
     @property
     @override
-    def creates_processes_externally(self) -> bool:
-        return True
-
-    @property
-    @override
     def main_address(self) -> str:
         address = os.environ.get("MASTER_ADDR", "").strip()
         if not address:
@@ -37,32 +32,13 @@ class KubeflowEnvironment(ClusterEnvironment):
     @property
     @override
     def main_port(self) -> int:
-        port = env_port("MASTER_PORT")
-        if port is None:
-            raise ValueError(f"{type(self).__name__} needs the environment variable MASTER_PORT, which is not set.")
-        return port
+        return self._read_port("MASTER_PORT")
 
     @staticmethod
     @override
     def detect() -> bool:
         """Always False: a Kubeflow pod cannot be told apart from other launchers, so choose this one explicitly."""
         return False
-
-    @override
-    def world_size(self) -> int:
-        return env_int("WORLD_SIZE", owner=type(self).__name__)
-
-    @override
-    def set_world_size(self, size: int) -> None:
-        ignore_setter(type(self).__name__, "world_size", size, self.world_size())
-
-    @override
-    def global_rank(self) -> int:
-        return env_int("RANK", owner=type(self).__name__)
-
-    @override
-    def set_global_rank(self, rank: int) -> None:
-        ignore_setter(type(self).__name__, "global_rank", rank, self.global_rank())
 
     @override
     def local_rank(self) -> int:

@@ -7,15 +7,15 @@ import socket
 
 from typing_extensions import override
 
-from fabric_environments._env import check_world_size, env_int, env_port, ignore_setter
-from fabric_environments.base import ClusterEnvironment
+from fabric_environments._env import check_world_size, env_port
+from fabric_environments._fixed_ranks import FixedRanksEnvironment
 
 _JSM_VARIABLES = ("JSM_NAMESPACE_SIZE", "JSM_NAMESPACE_LOCAL_RANK")
 _HOST_SOURCES = ("LSB_DJOB_RANKFILE", "LSB_MCPU_HOSTS")
 _PORT_BASE = 10000
 
 
-class LSFEnvironment(ClusterEnvironment):
+class LSFEnvironment(FixedRanksEnvironment):
     """The environment of a task started by ``jsrun`` inside an LSF job.
 
     Ranks and sizes come from ``JSM_NAMESPACE_SIZE``, ``JSM_NAMESPACE_RANK`` and ``JSM_NAMESPACE_LOCAL_RANK``. The
@@ -28,14 +28,12 @@ class LSFEnvironment(ClusterEnvironment):
 
     name = "lsf"
     detection_priority = 300
+    _world_size_variable = "JSM_NAMESPACE_SIZE"
+    _global_rank_variable = "JSM_NAMESPACE_RANK"
+    _local_rank_variable = "JSM_NAMESPACE_LOCAL_RANK"
 
     def __init__(self) -> None:
         self._hosts: list[str] | None = None
-
-    @property
-    @override
-    def creates_processes_externally(self) -> bool:
-        return True
 
     @property
     @override
@@ -61,26 +59,6 @@ class LSFEnvironment(ClusterEnvironment):
             and all(name in env for name in _JSM_VARIABLES)
             and any(name in env for name in _HOST_SOURCES)
         )
-
-    @override
-    def world_size(self) -> int:
-        return self._read("JSM_NAMESPACE_SIZE")
-
-    @override
-    def set_world_size(self, size: int) -> None:
-        ignore_setter(type(self).__name__, "world_size", size, self.world_size())
-
-    @override
-    def global_rank(self) -> int:
-        return self._read("JSM_NAMESPACE_RANK")
-
-    @override
-    def set_global_rank(self, rank: int) -> None:
-        ignore_setter(type(self).__name__, "global_rank", rank, self.global_rank())
-
-    @override
-    def local_rank(self) -> int:
-        return self._read("JSM_NAMESPACE_LOCAL_RANK")
 
     @override
     def node_rank(self) -> int:
@@ -110,9 +88,6 @@ class LSFEnvironment(ClusterEnvironment):
             hosts = _read_rankfile() if os.environ.get("LSB_DJOB_RANKFILE") else _read_mcpu_hosts()
             self._hosts = hosts[1:] if len(hosts) > 1 else hosts
         return self._hosts
-
-    def _read(self, name: str) -> int:
-        return env_int(name, owner=type(self).__name__)
 
 
 def _read_rankfile() -> list[str]:

@@ -9,15 +9,15 @@ from typing import Any
 
 from typing_extensions import override
 
-from fabric_environments._env import check_world_size, env_port, find_free_port, ignore_setter
-from fabric_environments.base import ClusterEnvironment
+from fabric_environments._env import check_world_size, env_port, find_free_port
+from fabric_environments._fixed_ranks import FixedRanksEnvironment
 from fabric_utils import MPI4PY, MissingDependencyError
 
 #: world-size variables that MPI launchers export (Open MPI, MPICH/Intel MPI through PMI, MVAPICH2)
 MPI_WORLD_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
-class MPIEnvironment(ClusterEnvironment):
+class MPIEnvironment(FixedRanksEnvironment):
     """The environment of a process started by an MPI launcher; ranks and sizes come from ``MPI.COMM_WORLD``.
 
     ``mpi4py.MPI`` (which initialises MPI) is imported on first use, not at construction. The node rank and local
@@ -41,11 +41,6 @@ class MPIEnvironment(ClusterEnvironment):
         self._node_rank: int | None = None
         self._main_address: str | None = None
         self._main_port: int | None = None
-
-    @property
-    @override
-    def creates_processes_externally(self) -> bool:
-        return True
 
     @property
     @override
@@ -77,16 +72,8 @@ class MPIEnvironment(ClusterEnvironment):
         return int(self._world().Get_size())
 
     @override
-    def set_world_size(self, size: int) -> None:
-        ignore_setter(type(self).__name__, "world_size", size, self.world_size())
-
-    @override
     def global_rank(self) -> int:
         return int(self._world().Get_rank())
-
-    @override
-    def set_global_rank(self, rank: int) -> None:
-        ignore_setter(type(self).__name__, "global_rank", rank, self.global_rank())
 
     @override
     def local_rank(self) -> int:

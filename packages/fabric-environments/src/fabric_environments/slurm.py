@@ -14,8 +14,8 @@ from typing import Any
 
 from typing_extensions import override
 
-from fabric_environments._env import check_world_size, env_int, env_port, ignore_setter
-from fabric_environments.base import ClusterEnvironment
+from fabric_environments._env import check_world_size, env_int, env_port
+from fabric_environments._fixed_ranks import FixedRanksEnvironment
 from fabric_environments.hostlist import expand_hostlist, expand_task_counts
 from fabric_utils import FabricWarning
 
@@ -30,7 +30,7 @@ _NODELIST_VARIABLES = ("SLURM_NODELIST", "SLURM_JOB_NODELIST")
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 
-class SLURMEnvironment(ClusterEnvironment):
+class SLURMEnvironment(FixedRanksEnvironment):
     """The environment of a task started by ``srun``: ranks and sizes come from the ``SLURM_*`` variables.
 
     The main address is ``MASTER_ADDR`` when set, otherwise the first host of the job's node list; the main port is
@@ -44,6 +44,9 @@ class SLURMEnvironment(ClusterEnvironment):
 
     name = "slurm"
     detection_priority = 400
+    _world_size_variable = "SLURM_NTASKS"
+    _global_rank_variable = "SLURM_PROCID"
+    _local_rank_variable = "SLURM_LOCALID"
 
     def __init__(self, *, requeue_signal: signal.Signals | int | None = None) -> None:
         self._requeue_signal = requeue_signal
@@ -51,11 +54,6 @@ class SLURMEnvironment(ClusterEnvironment):
         self._previous_handler: _SignalHandler = None
         self._installed_signal: int | None = None
         self._requeue_requested = False
-
-    @property
-    @override
-    def creates_processes_externally(self) -> bool:
-        return True
 
     @property
     @override
@@ -118,26 +116,6 @@ class SLURMEnvironment(ClusterEnvironment):
         if not hosts:
             raise ValueError(f"The Slurm node list {nodelist!r} names no host.")
         return hosts[0]
-
-    @override
-    def world_size(self) -> int:
-        return self._read("SLURM_NTASKS")
-
-    @override
-    def set_world_size(self, size: int) -> None:
-        ignore_setter(type(self).__name__, "world_size", size, self.world_size())
-
-    @override
-    def global_rank(self) -> int:
-        return self._read("SLURM_PROCID")
-
-    @override
-    def set_global_rank(self, rank: int) -> None:
-        ignore_setter(type(self).__name__, "global_rank", rank, self.global_rank())
-
-    @override
-    def local_rank(self) -> int:
-        return self._read("SLURM_LOCALID")
 
     @override
     def node_rank(self) -> int:
@@ -265,6 +243,3 @@ class SLURMEnvironment(ClusterEnvironment):
     @override
     def teardown(self) -> None:
         self.disable_auto_requeue()
-
-    def _read(self, name: str) -> int:
-        return env_int(name, owner=type(self).__name__)

@@ -6,23 +6,18 @@ import os
 
 from typing_extensions import override
 
-from fabric_environments._env import check_world_size, env_int, env_port, ignore_setter
-from fabric_environments.base import ClusterEnvironment
+from fabric_environments._env import check_world_size
+from fabric_environments._fixed_ranks import FixedRanksEnvironment
 
 #: the variables torchrun exports to every worker; all of them present means torchrun started this process
 TORCHELASTIC_VARIABLES = ("RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 
-class TorchElasticEnvironment(ClusterEnvironment):
+class TorchElasticEnvironment(FixedRanksEnvironment):
     """The environment of a worker started by torchrun: every value comes from the variables torchrun exports."""
 
     name = "torchelastic"
     detection_priority = 500  # torchrun inside a SLURM/LSF/MPI allocation still owns the processes
-
-    @property
-    @override
-    def creates_processes_externally(self) -> bool:
-        return True
 
     @property
     @override
@@ -32,35 +27,12 @@ class TorchElasticEnvironment(ClusterEnvironment):
     @property
     @override
     def main_port(self) -> int:
-        port = env_port("MASTER_PORT")
-        if port is None:
-            raise ValueError(f"{type(self).__name__} needs the environment variable MASTER_PORT, which is not set.")
-        return port
+        return self._read_port("MASTER_PORT")
 
     @staticmethod
     @override
     def detect() -> bool:
         return all(name in os.environ for name in TORCHELASTIC_VARIABLES)
-
-    @override
-    def world_size(self) -> int:
-        return self._read("WORLD_SIZE")
-
-    @override
-    def set_world_size(self, size: int) -> None:
-        ignore_setter(type(self).__name__, "world_size", size, self.world_size())
-
-    @override
-    def global_rank(self) -> int:
-        return self._read("RANK")
-
-    @override
-    def set_global_rank(self, rank: int) -> None:
-        ignore_setter(type(self).__name__, "global_rank", rank, self.global_rank())
-
-    @override
-    def local_rank(self) -> int:
-        return self._read("LOCAL_RANK")
 
     @override
     def node_rank(self) -> int:
@@ -86,6 +58,3 @@ class TorchElasticEnvironment(ClusterEnvironment):
             num_nodes,
             hint=f"HINT: run torchrun with --nnodes={num_nodes} --nproc-per-node={num_devices}.",
         )
-
-    def _read(self, name: str) -> int:
-        return env_int(name, owner=type(self).__name__)

@@ -8,15 +8,15 @@ from types import ModuleType
 
 from typing_extensions import override
 
-from fabric_environments._env import first_env_int, ignore_setter
-from fabric_environments.base import ClusterEnvironment
+from fabric_environments._env import first_env_int
+from fabric_environments._fixed_ranks import FixedRanksEnvironment
 from fabric_utils import TORCH_XLA, MissingDependencyError, xla_available
 
 #: variables that say which host of a multi-host XLA slice this is (torch_xla's, then the TPU VM's)
 XLA_HOST_VARIABLES = ("XRT_HOST_ORDINAL", "TPU_WORKER_ID", "CLOUD_TPU_TASK_ID")
 
 
-class XLAEnvironment(ClusterEnvironment):
+class XLAEnvironment(FixedRanksEnvironment):
     """The environment of an XLA run: world size and ranks come from ``torch_xla.runtime``.
 
     fabric's XLA launcher starts one process per device, so processes are not created externally. The rendezvous
@@ -66,16 +66,8 @@ class XLAEnvironment(ClusterEnvironment):
         return self._world_size
 
     @override
-    def set_world_size(self, size: int) -> None:
-        ignore_setter(type(self).__name__, "world_size", size, self.world_size())
-
-    @override
     def global_rank(self) -> int:
         return int(_runtime().global_ordinal())
-
-    @override
-    def set_global_rank(self, rank: int) -> None:
-        ignore_setter(type(self).__name__, "global_rank", rank, self.global_rank())
 
     @override
     def local_rank(self) -> int:

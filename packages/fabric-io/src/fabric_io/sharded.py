@@ -1,10 +1,17 @@
 """Sharded checkpoints: ``torch.distributed.checkpoint`` (DCP) directories that are complete or absent, never half.
 
 DCP has every rank write its shards and the coordinator write the ``.metadata`` file last. On top of that,
-``save_sharded_checkpoint`` writes into a hidden sibling directory and renames it into place only once it is complete,
-so an interrupted save never leaves a half-written directory at the target, and an existing checkpoint there is kept
-until the new one is complete. ``load_sharded_checkpoint`` refuses a directory without ``.metadata`` instead of
-half-loading it.
+``save_sharded_checkpoint`` writes into a hidden sibling directory (``.NAME.partial``) and publishes it only once it
+is complete: rank 0 marks it complete (a ``.complete`` file, written after every rank's shards and the metadata), moves
+the existing checkpoint aside to ``.NAME.old``, renames the new one to ``NAME`` and then deletes the old one.
+
+A process killed at any point of that leaves a checkpoint that loads as the complete old or the complete new one:
+before the first rename ``NAME`` is the old checkpoint; after the second it is the new one; between the two renames
+``NAME`` is missing and every load here (``check_sharded_checkpoint`` and what builds on it) reads the complete hidden
+sibling instead, preferring the new one (``.NAME.partial`` carrying the completion marker) over the old one. The next
+save puts that sibling back in place and removes every leftover before it writes anything. A directory that is
+deleted is first stripped of its markers, so a half-deleted one never looks complete. ``load_sharded_checkpoint``
+refuses a directory without ``.metadata`` instead of half-loading it.
 
 These functions are collective when a process group is initialised: every rank of the group must call them. The
 directory must be on a filesystem that every rank sees (local disk for one node, a shared filesystem otherwise).
@@ -12,6 +19,7 @@ directory must be on a filesystem that every rank sees (local disk for one node,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
@@ -29,13 +37,16 @@ if TYPE_CHECKING:
 
 METADATA_FILE = ".metadata"
 """The file DCP writes last; its presence marks a complete sharded checkpoint."""
+COMPLETE_FILE = ".complete"
+"""Written by ``save_sharded_checkpoint`` into its staging directory once every rank's shards are written; a staging
+directory counts as a complete checkpoint (to fall back to after an interrupted replace) only with it."""
 
 
 def is_sharded_checkpoint(path: PathLike) -> bool:
-    """Whether ``path`` is a complete sharded checkpoint: a directory holding DCP's ``.metadata`` file."""
+    """Whether ``path`` loads as a complete sharded checkpoint: a directory holding DCP's ``.metadata`` file, or, where
+    a save was interrupted while replacing it (nothing at ``path``), its complete hidden sibling."""
     if not is_remote_path(path):
-        directory = local_path(path)
-        return os.path.isdir(directory) and os.path.isfile(os.path.join(directory, METADATA_FILE))
+        return _resolve(local_path(path)) is not None
     return isdir(path) and exists(join_path(path, METADATA_FILE))
 
 
@@ -45,10 +56,11 @@ def save_sharded_checkpoint(
     """Save ``state_dict`` (tensors, DTensors, ShardedTensors, plain objects) as a DCP directory at ``path``.
 
     Collective: every rank of ``process_group`` (the default group when None; none at all in a single process) calls
-    it with its own shards. Rank 0 prepares a hidden sibling directory, all ranks write into it, and rank 0 renames it
-    to ``path`` once DCP has written the metadata. An existing checkpoint (or file) at ``path`` is replaced only
-    then; an existing directory that is not a sharded checkpoint is refused rather than deleted. A failure on any
-    rank raises on every rank (with each failing rank's error in the message) and leaves ``path`` as it was.
+    it with its own shards. Rank 0 first completes what an interrupted earlier save left (see the module docstring)
+    and prepares a hidden sibling directory, all ranks write into it, and rank 0 marks it complete and renames it to
+    ``path`` once DCP has written the metadata. An existing checkpoint (or file) at ``path`` is replaced only then;
+    an existing directory that is not a sharded checkpoint is refused rather than deleted. A failure on any rank
+    raises on every rank (with each failing rank's error in the message) and leaves ``path`` as it was.
     """
     target = _local_directory(path)
     staging, previous = _staging_paths(target)
@@ -108,10 +120,19 @@ def read_sharded_metadata(path: PathLike) -> Metadata:
 
 
 def check_sharded_checkpoint(path: PathLike) -> str:
-    """Return ``path`` as a local directory if it is a complete sharded checkpoint; raise an error naming it if not."""
+    """The local directory to read the sharded checkpoint at ``path`` from; raise an error naming ``path`` if there is
+    no complete one.
+
+    That is ``path`` itself, except where a save was interrupted between moving the old checkpoint away and moving
+    the new one in: then it is the complete new one (``.NAME.partial`` with its completion marker) or else the old
+    one (``.NAME.old``), both complete checkpoints.
+    """
     directory = _local_directory(path)
-    if not os.path.exists(directory):
-        raise FileNotFoundError(f"Sharded checkpoint not found: {os.fspath(path)!r}{_leftover_hint(directory)}")
+    if not os.path.lexists(directory):
+        sibling = _resolve(directory)
+        if sibling is None:
+            raise FileNotFoundError(f"Sharded checkpoint not found: {os.fspath(path)!r}")
+        return sibling
     if not os.path.isdir(directory):
         raise ValueError(
             f"{os.fspath(path)!r} is a file, not a sharded checkpoint directory; load single-file checkpoints with "
@@ -151,16 +172,23 @@ def _staging_paths(target: str) -> tuple[str, str]:
     return os.path.join(parent, f".{name}.partial"), os.path.join(parent, f".{name}.old")
 
 
-def _leftover_hint(target: str) -> str:
-    """Where a save that was interrupted while replacing ``target`` left the complete checkpoints, if anywhere."""
-    complete = [path for path in _staging_paths(target) if is_sharded_checkpoint(path)]
-    if not complete:
-        return ""
-    return (
-        ". A save was interrupted while replacing it; complete checkpoints remain at: "
-        + ", ".join(repr(path) for path in complete)
-        + " (rename one to the target path to use it)"
-    )
+def _is_complete(directory: str, *, marked: bool = False) -> bool:
+    """Whether ``directory`` holds DCP's metadata (and, with ``marked``, the completion marker of our saves)."""
+    files = (METADATA_FILE, COMPLETE_FILE) if marked else (METADATA_FILE,)
+    return os.path.isdir(directory) and all(os.path.isfile(os.path.join(directory, name)) for name in files)
+
+
+def _resolve(target: str) -> str | None:
+    """The complete checkpoint that ``target`` stands for: itself if it exists (None if incomplete); if nothing is
+    there, the complete sibling an interrupted replace left (the new checkpoint first, then the old one)."""
+    if os.path.lexists(target):
+        return target if _is_complete(target) else None
+    staging, previous = _staging_paths(target)
+    if _is_complete(staging, marked=True):
+        return staging
+    if _is_complete(previous):
+        return previous
+    return None
 
 
 def _local_directory(path: PathLike) -> str:
@@ -173,28 +201,54 @@ def _local_directory(path: PathLike) -> str:
 
 
 def _prepare_staging(target: str, staging: str) -> None:
-    if os.path.isdir(target) and not is_sharded_checkpoint(target) and os.listdir(target):
+    if os.path.isdir(target) and not _is_complete(target) and os.listdir(target):
         raise ValueError(
             f"Refusing to replace {target!r} with a sharded checkpoint: it is a non-empty directory that is not a "
             f"sharded checkpoint (no {METADATA_FILE!r} file). Choose another path or remove it first."
         )
-    _remove(staging)  # left over from an interrupted save
+    _recover(target)
     os.makedirs(staging)
+
+
+def _recover(target: str) -> None:
+    """Finish what an interrupted save left beside ``target``: put the checkpoint that loads in its place (a single
+    rename), then delete the leftover siblings. Killed at any point, the state still resolves to the same checkpoint."""
+    staging, previous = _staging_paths(target)
+    if not os.path.lexists(target):
+        survivor = _resolve(target)
+        if survivor is not None:
+            os.rename(survivor, target)
+            fsync_directory(os.path.dirname(target))
+    _remove(staging)
+    _remove(previous)
 
 
 def _commit(staging: str, target: str, previous: str) -> None:
     assert os.path.isfile(os.path.join(staging, METADATA_FILE)), f"DCP wrote no metadata in {staging!r}"
+    _mark_complete(staging)  # from here on, a load falls back to ``staging`` whenever ``target`` is missing
     _remove(previous)
     if os.path.lexists(target):
         # keep the old checkpoint until the new one is in place; only then delete it
         os.rename(target, previous)
     os.rename(staging, target)
-    _remove(previous)
     fsync_directory(os.path.dirname(target))
+    _remove(previous)
+
+
+def _mark_complete(directory: str) -> None:
+    """Write the completion marker durably: every rank's shards and DCP's metadata are written before it."""
+    with open(os.path.join(directory, COMPLETE_FILE), "wb") as marker:
+        marker.flush()
+        os.fsync(marker.fileno())
+    fsync_directory(directory)
 
 
 def _remove(path: str) -> None:
+    """Delete ``path``; a directory loses its markers first, so that a deletion cut short never looks complete."""
     if os.path.isdir(path) and not os.path.islink(path):
+        for name in (COMPLETE_FILE, METADATA_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(path, name))
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.remove(path)

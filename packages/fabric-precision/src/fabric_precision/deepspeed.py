@@ -11,15 +11,8 @@ from torch import Tensor
 from torch.nn import Module
 from typing_extensions import override
 
-from fabric_precision.base import (
-    PRECISION_DTYPES,
-    Precision,
-    check_choice,
-    convert_floating_tensors,
-    default_dtype,
-    output_dtype,
-)
-from fabric_precision.fsdp import SHARDED_PRECISIONS, ShardedPrecisionName
+from fabric_precision._sharded import ShardedPrecision, ShardedPrecisionName
+from fabric_precision.base import convert_floating_tensors, default_dtype
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +29,7 @@ class DeepSpeedLossScaling:
     min_loss_scale: float = 1.0
 
 
-class DeepSpeedPrecision(Precision):
+class DeepSpeedPrecision(ShardedPrecision):
     """Precision of a model trained by a DeepSpeed engine.
 
     DeepSpeed casts the model and scales the loss itself, driven by its config: ``deepspeed_config()`` is the
@@ -47,21 +40,13 @@ class DeepSpeedPrecision(Precision):
     """
 
     def __init__(self, precision: ShardedPrecisionName, *, loss_scaling: DeepSpeedLossScaling | None = None) -> None:
-        check_choice("DeepSpeed precision", precision, SHARDED_PRECISIONS)
+        super().__init__(precision, what="DeepSpeed precision")
         if loss_scaling is not None and not precision.startswith("16-"):
             raise ValueError(
                 f"loss_scaling applies to float16 only, but precision={precision!r}. Choose one of: 16-mixed, 16-true"
                 " (or pass loss_scaling=None)."
             )
-        self.precision = precision
         self.loss_scaling = loss_scaling or DeepSpeedLossScaling()
-        self._dtype = PRECISION_DTYPES[precision]
-        self._true_half = precision in ("16-true", "bf16-true")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype the engine runs the model in."""
-        return self._dtype
 
     def deepspeed_config(self) -> dict[str, Any]:
         """The precision part of a DeepSpeed config; empty for "32-true"."""
@@ -71,34 +56,11 @@ class DeepSpeedPrecision(Precision):
             return {"bf16": {"enabled": True}}
         return {}
 
-    # -- what the wrappers may skip -------------------------------------------------------------------------------
+    # -- forward: the other hooks come from ShardedPrecision ---------------------------------------------------------
     @property
     @override
     def needs_forward_context(self) -> bool:
         return self._true_half
-
-    @property
-    @override
-    def needs_input_conversion(self) -> bool:
-        return self.precision != "32-true"
-
-    @property
-    @override
-    def needs_output_conversion(self) -> bool:
-        return self.precision != "32-true"
-
-    # -- module and tensors ---------------------------------------------------------------------------------------
-    @override
-    def convert_module(self, module: Module) -> Module:
-        return module.to(dtype=self._dtype) if self._true_half else module
-
-    @override
-    def tensor_init_context(self) -> AbstractContextManager[Any]:
-        return default_dtype(self._dtype) if self._true_half else nullcontext()
-
-    @override
-    def module_init_context(self) -> AbstractContextManager[Any]:
-        return self.tensor_init_context()
 
     @override
     def forward_context(self) -> AbstractContextManager[Any]:
@@ -107,10 +69,6 @@ class DeepSpeedPrecision(Precision):
     @override
     def convert_input(self, data: Any) -> Any:
         return convert_floating_tensors(data, self._dtype)
-
-    @override
-    def convert_output(self, data: Any) -> Any:
-        return convert_floating_tensors(data, output_dtype())
 
     # -- backward -------------------------------------------------------------------------------------------------
     @override

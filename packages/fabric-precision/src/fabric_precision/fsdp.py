@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
-from torch.nn import Module
-from torch.optim import Optimizer
 from typing_extensions import override
 
-from fabric_precision.amp import AUTOCAST_DEVICE_TYPES, AutocastDeviceType, scaled_step
-from fabric_precision.base import (
-    PRECISION_DTYPES,
-    Precision,
-    check_choice,
-    convert_floating_tensors,
-    default_dtype,
-    output_dtype,
-)
-from fabric_utils import Optimizable, Steppable
+from fabric_precision._scaler import GradScalerHooks
+from fabric_precision._sharded import ShardedPrecision, ShardedPrecisionName
+from fabric_precision.amp import AUTOCAST_DEVICE_TYPES, AutocastDeviceType
+from fabric_precision.base import check_choice, convert_floating_tensors, default_dtype, output_dtype
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import MixedPrecisionPolicy
     from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
-ShardedPrecisionName = Literal["32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed"]
-SHARDED_PRECISIONS: tuple[str, ...] = ("32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed")
 
-
-class FSDPPrecision(Precision):
+class FSDPPrecision(GradScalerHooks, ShardedPrecision):
     """Precision of a module sharded with FSDP2.
 
     - "32-true": everything float32.
@@ -50,7 +38,7 @@ class FSDPPrecision(Precision):
         device_type: AutocastDeviceType = "cpu",
         scaler: ShardedGradScaler | None = None,
     ) -> None:
-        check_choice("FSDP precision", precision, SHARDED_PRECISIONS)
+        super().__init__(precision, what="FSDP precision")
         check_choice("device type", device_type, AUTOCAST_DEVICE_TYPES)
         if scaler is not None and precision != "16-mixed":
             raise ValueError(
@@ -61,17 +49,9 @@ class FSDPPrecision(Precision):
             from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
             scaler = ShardedGradScaler(device=device_type)
-        self.precision = precision
         self.device_type = device_type
         self.scaler = scaler
-        self._dtype = PRECISION_DTYPES[precision]
         self._mixed = precision.endswith("-mixed")
-        self._true_half = precision in ("16-true", "bf16-true")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype the forward and backward compute in."""
-        return self._dtype
 
     def mixed_precision_policy(self) -> MixedPrecisionPolicy:
         """The policy to pass to ``fully_shard(module, mp_policy=...)``."""
@@ -86,34 +66,11 @@ class FSDPPrecision(Precision):
             return MixedPrecisionPolicy(param_dtype=self._dtype, reduce_dtype=self._dtype)
         return MixedPrecisionPolicy()
 
-    # -- what the wrappers may skip: nothing to do for 32-true ----------------------------------------------------
+    # -- forward: nothing to do for 32-true; the other hooks come from ShardedPrecision and GradScalerHooks ----------
     @property
     @override
     def needs_forward_context(self) -> bool:
         return self.precision != "32-true"
-
-    @property
-    @override
-    def needs_input_conversion(self) -> bool:
-        return self.precision != "32-true"
-
-    @property
-    @override
-    def needs_output_conversion(self) -> bool:
-        return self.precision != "32-true"
-
-    # -- module and tensors ---------------------------------------------------------------------------------------
-    @override
-    def convert_module(self, module: Module) -> Module:
-        return module.to(dtype=self._dtype) if self._true_half else module
-
-    @override
-    def tensor_init_context(self) -> AbstractContextManager[Any]:
-        return default_dtype(self._dtype) if self._true_half else nullcontext()
-
-    @override
-    def module_init_context(self) -> AbstractContextManager[Any]:
-        return self.tensor_init_context()
 
     @override
     def forward_context(self) -> AbstractContextManager[Any]:
@@ -125,36 +82,6 @@ class FSDPPrecision(Precision):
     def convert_input(self, data: Any) -> Any:
         # mixed: the root module is float32 and FSDP casts the inputs to the parameter dtype itself
         return convert_floating_tensors(data, self._dtype if self._true_half else output_dtype())
-
-    @override
-    def convert_output(self, data: Any) -> Any:
-        return convert_floating_tensors(data, output_dtype())
-
-    # -- backward and step ----------------------------------------------------------------------------------------
-    @override
-    def pre_backward(self, tensor: Tensor, module: Module | None) -> Any:
-        return tensor if self.scaler is None else self.scaler.scale(tensor)
-
-    @override
-    def optimizer_step(self, optimizer: Optimizable | Steppable, **kwargs: Any) -> Any:
-        if self.scaler is None:
-            return optimizer.step(**kwargs)
-        return scaled_step(self.scaler, optimizer, self.precision, **kwargs)
-
-    @override
-    def unscale_gradients(self, optimizer: Optimizer) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(optimizer)
-
-    # -- checkpoint -----------------------------------------------------------------------------------------------
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {} if self.scaler is None else self.scaler.state_dict()
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.scaler is not None:
-            self.scaler.load_state_dict(state_dict)
 
     @override
     def __repr__(self) -> str:

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar
 
 import torch
 from torch.nn import Module
@@ -18,21 +18,10 @@ from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import Precision
 from fabric_strategies.base import Strategy
-from fabric_strategies.launchers.base import Launcher
-from fabric_strategies.launchers.multiprocessing import MultiprocessingLauncher
-from fabric_strategies.launchers.subprocess_script import SubprocessScriptLauncher
-from fabric_strategies.parallel import ParallelStrategy
-from fabric_strategies.process_group import (
-    DEFAULT_TIMEOUT,
-    check_backend,
-    default_process_group_backend,
-    init_process_group,
-)
+from fabric_strategies.parallel import ParallelStrategy, StartMethod
+from fabric_strategies.process_group import DEFAULT_TIMEOUT
 from fabric_strategies.teardown import track_ddp_wrapper
 from fabric_utils import Registry
-
-DDPStartMethod = Literal["popen", "spawn", "fork", "forkserver"]
-DDP_START_METHODS: tuple[str, ...] = get_args(DDPStartMethod)
 
 
 def ddp_keywords() -> list[str]:
@@ -64,6 +53,7 @@ class DDPStrategy(ParallelStrategy):
     """
 
     name: ClassVar[str] = "ddp"
+    _start_method_required: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -74,7 +64,7 @@ class DDPStrategy(ParallelStrategy):
         precision: Precision | None = None,
         process_group_backend: str | None = None,
         timeout: timedelta | None = DEFAULT_TIMEOUT,
-        start_method: DDPStartMethod = "popen",
+        start_method: StartMethod = "popen",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -83,48 +73,16 @@ class DDPStrategy(ParallelStrategy):
             cluster_environment=cluster_environment,
             checkpoint_io=checkpoint_io,
             precision=precision,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            start_method=start_method,
         )
-        if start_method not in DDP_START_METHODS:
-            raise ValueError(f"Unknown start_method {start_method!r}. Choose one of: {', '.join(DDP_START_METHODS)}")
-        if timeout is not None and not isinstance(timeout, timedelta):
-            raise TypeError(f"timeout must be a datetime.timedelta, got {timeout!r}")
-        self._process_group_backend = None if process_group_backend is None else check_backend(process_group_backend)
-        self._timeout = DEFAULT_TIMEOUT if timeout is None else timeout
-        self._start_method: DDPStartMethod = start_method
         self._ddp_kwargs = _check_ddp_kwargs(kwargs)
-
-    @property
-    def process_group_backend(self) -> str:
-        """The backend given to the constructor, or the default for the root device (nccl on CUDA, gloo else)."""
-        if self._process_group_backend is not None:
-            return self._process_group_backend
-        return default_process_group_backend(self.root_device)
-
-    @property
-    def timeout(self) -> timedelta:
-        return self._timeout
-
-    @property
-    def start_method(self) -> DDPStartMethod:
-        return self._start_method
 
     @property
     def ddp_kwargs(self) -> dict[str, Any]:
         """The keyword arguments given to ``DistributedDataParallel``."""
         return dict(self._ddp_kwargs)
-
-    @override
-    def _configure_launcher(self) -> Launcher | None:
-        environment = self.cluster_environment
-        if environment.creates_processes_externally:
-            return None
-        if self._start_method == "popen":
-            return SubprocessScriptLauncher(environment, self.num_processes, self.num_nodes)
-        return MultiprocessingLauncher(self, start_method=self._start_method)
-
-    @override
-    def _setup_process_group(self) -> bool:
-        return init_process_group(self.cluster_environment, self.process_group_backend, self._timeout)
 
     @override
     def setup_module(self, module: Module) -> DistributedDataParallel:

@@ -15,7 +15,8 @@ from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import Precision
 from fabric_strategies.base import Strategy
-from fabric_strategies.fsdp.base import ShardedStrategy, StartMethod
+from fabric_strategies.fsdp.base import ShardedStrategy
+from fabric_strategies.parallel import StartMethod
 from fabric_strategies.process_group import DEFAULT_TIMEOUT
 from fabric_utils import Registry
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from abc import ABC
 from collections.abc import Sequence
-from typing import Any
+from datetime import timedelta
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.distributed as dist
@@ -24,8 +25,22 @@ from fabric_strategies.collectives.functional import (
     distributed_ready,
 )
 from fabric_strategies.collectives.torch_collective import TorchCollective
+from fabric_strategies.launchers.base import Launcher
+from fabric_strategies.launchers.multiprocessing import MultiprocessingLauncher
+from fabric_strategies.launchers.subprocess_script import SubprocessScriptLauncher
+from fabric_strategies.process_group import (
+    DEFAULT_TIMEOUT,
+    check_backend,
+    default_process_group_backend,
+    init_process_group,
+)
 from fabric_strategies.teardown import destroy_process_group_cleanly, release_tracked_wrappers
 from fabric_utils import PathLike, check_reduce_op, rank_zero_only
+
+#: how a strategy starts its local processes: "popen" runs the script again for each extra process; "spawn", "fork"
+#: and "forkserver" start them with ``multiprocessing`` and call the launched function
+StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
+START_METHODS: tuple[str, ...] = get_args(StartMethod)
 
 
 def _as_devices(devices: Sequence[torch.device | str] | None) -> list[torch.device] | None:
@@ -36,6 +51,18 @@ def _as_devices(devices: Sequence[torch.device | str] | None) -> list[torch.devi
     if not devices:
         raise ValueError("parallel_devices must hold at least one device, got an empty list")
     return [torch.device(d) for d in devices]
+
+
+def _check_start_method(start_method: StartMethod | None, *, required: bool) -> StartMethod | None:
+    if (start_method is not None or required) and start_method not in START_METHODS:
+        raise ValueError(f"Unknown start_method {start_method!r}. Choose one of: {', '.join(START_METHODS)}")
+    return start_method
+
+
+def _check_timeout(timeout: timedelta | None) -> timedelta:
+    if timeout is not None and not isinstance(timeout, timedelta):
+        raise TypeError(f"timeout must be a datetime.timedelta, got {timeout!r}")
+    return DEFAULT_TIMEOUT if timeout is None else timeout
 
 
 def _check_num_nodes(num_nodes: int) -> int:
@@ -50,7 +77,18 @@ class ParallelStrategy(Strategy, ABC):
     Ranks come from the cluster environment (``LightningEnvironment`` unless one is given or completed).
     Collectives communicate over the default process group once ``setup_environment`` created it; before that they
     act locally.
+
+    Args:
+        process_group_backend: "gloo", "nccl", ...; by default nccl for CUDA devices and gloo otherwise.
+        timeout: how long collectives wait for the other processes before failing.
+        start_method: how this strategy starts the local processes ("popen" runs the script again for each extra
+            process; "spawn", "fork" and "forkserver" start them with ``multiprocessing``); with one, it also
+            creates the default process group in ``setup_environment``. ``None`` (the default here): it does
+            neither, and leaves both to a subclass, a test harness or the user.
     """
+
+    #: True in strategies that always start their processes and create the process group (``None`` is refused)
+    _start_method_required: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -59,11 +97,19 @@ class ParallelStrategy(Strategy, ABC):
         cluster_environment: ClusterEnvironment | None = None,
         checkpoint_io: CheckpointIO | None = None,
         precision: Precision | None = None,
+        *,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = DEFAULT_TIMEOUT,
+        start_method: StartMethod | None = None,
     ) -> None:
+        self._check_precision_plugin(precision)
         super().__init__(accelerator=accelerator, checkpoint_io=checkpoint_io, precision=precision)
         if cluster_environment is not None and not isinstance(cluster_environment, ClusterEnvironment):
             raise TypeError(f"`cluster_environment` must be a ClusterEnvironment instance, got {cluster_environment!r}")
         self._parallel_devices = _as_devices(parallel_devices)
+        self._start_method = _check_start_method(start_method, required=self._start_method_required)
+        self._timeout = _check_timeout(timeout)
+        self._process_group_backend = None if process_group_backend is None else check_backend(process_group_backend)
         self._cluster_environment = cluster_environment
         self._fallback_environment: ClusterEnvironment | None = None
         self._num_nodes: int | None = None
@@ -94,6 +140,26 @@ class ParallelStrategy(Strategy, ABC):
         """Processes per node."""
         return len(self.parallel_devices)
 
+    @property
+    def process_group_backend(self) -> str:
+        """The backend given to the constructor, or the default for the root device (nccl on CUDA, gloo else)."""
+        if self._process_group_backend is not None:
+            return self._process_group_backend
+        return default_process_group_backend(self.root_device)
+
+    @property
+    def timeout(self) -> timedelta:
+        """How long collectives wait for the other processes before failing."""
+        return self._timeout
+
+    @property
+    def start_method(self) -> StartMethod | None:
+        """How this strategy starts the local processes (``None``: it starts none itself)."""
+        return self._start_method
+
+    def _check_precision_plugin(self, precision: Precision | None) -> None:
+        """Raise ``TypeError`` for a precision plugin this strategy cannot use; called with a given or completed one."""
+
     @override
     def complete(
         self,
@@ -105,6 +171,8 @@ class ParallelStrategy(Strategy, ABC):
         parallel_devices: list[torch.device] | None = None,
         num_nodes: int | None = None,
     ) -> None:
+        if self._precision is None:
+            self._check_precision_plugin(precision)
         super().complete(accelerator=accelerator, precision=precision, checkpoint_io=checkpoint_io)
         if self._cluster_environment is None and cluster_environment is not None:
             if not isinstance(cluster_environment, ClusterEnvironment):
@@ -173,6 +241,18 @@ class ParallelStrategy(Strategy, ABC):
         return self._collective
 
     @override
+    def _configure_launcher(self) -> Launcher | None:
+        """None under an external launcher or without a start method; else the launcher of the start method."""
+        if self._start_method is None:
+            return None
+        environment = self.cluster_environment
+        if environment.creates_processes_externally:
+            return None
+        if self._start_method == "popen":
+            return SubprocessScriptLauncher(environment, self.num_processes, self.num_nodes)
+        return MultiprocessingLauncher(self, start_method=self._start_method)
+
+    @override
     def setup_environment(self) -> None:
         self._set_world_ranks()
         super().setup_environment()
@@ -180,8 +260,10 @@ class ParallelStrategy(Strategy, ABC):
         rank_zero_only.rank = self.global_rank
 
     def _setup_process_group(self) -> bool:
-        """Create the default process group if needed; return whether this strategy created it."""
-        return False
+        """Create the default process group if needed (with a start method); return whether this strategy did."""
+        if self._start_method is None:
+            return False
+        return init_process_group(self.cluster_environment, self.process_group_backend, self._timeout)
 
     # -- collectives ---------------------------------------------------------------------------------------------
     @override

@@ -1,15 +1,29 @@
-"""Checkpoints of a DeepSpeed engine in DeepSpeed's own format, with the rest of fabric's state as client state."""
+"""Checkpoints of a DeepSpeed engine in DeepSpeed's own format, with the rest of fabric's state as client state.
+
+DeepSpeed reads its files with ``torch.load(weights_only=False)``: a crafted checkpoint would run code. So before a
+load hands a directory to DeepSpeed, every torch file of the checkpoint tag it will read is first read with
+``torch.load(weights_only=True)`` (memory-mapped: only the pickled structure is parsed), which allows tensors, plain
+data and the few DeepSpeed records its ZeRO checkpoints hold (``_DEEPSPEED_RECORDS``); anything else refuses the load
+with ``UnsafeCheckpointError`` naming the file. ``weights_only=False`` skips the check.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Mapping, Sequence
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from fabric_io import is_remote_path
 from fabric_strategies.checkpoint import StateFilter, check_strict_keys, restore_state, to_checkpoint
-from fabric_utils import PathLike
+from fabric_strategies.fsdp.dcp_io import UnsafeCheckpointError
+from fabric_utils import DEEPSPEED, PathLike
 
 if TYPE_CHECKING:
     from fabric_strategies.deepspeed.strategy import DeepSpeedStrategy
@@ -18,6 +32,15 @@ if TYPE_CHECKING:
 CHECKPOINT_TAG = "checkpoint"
 #: the client-state entry that records which keys of the saved state the engine itself holds
 ENGINE_KEYS_ENTRY = "_fabric_deepspeed_engine_keys"
+#: the DeepSpeed classes that ZeRO checkpoints hold besides tensors and plain data (the loss scaler, the ZeRO stage,
+#: each parameter's fragment address). Unpickling them builds an empty instance and sets its attributes, or looks up
+#: an enum member: none of them runs code of the checkpoint. Missing ones (other DeepSpeed versions) are skipped.
+_DEEPSPEED_RECORDS = (
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
+)
 
 
 @dataclass(frozen=True)
@@ -109,26 +132,30 @@ def save_engine_checkpoint(
 
 
 def load_engine_checkpoint(
-    strategy: DeepSpeedStrategy, path: PathLike, state: dict[str, Any], strict: bool
+    strategy: DeepSpeedStrategy,
+    path: PathLike,
+    state: dict[str, Any],
+    strict: bool,
+    weights_only: bool | None = None,
 ) -> dict[str, Any]:
     """Restore the engine (and its optimizer, when ``state`` holds it) from the DeepSpeed checkpoint at ``path``;
-    restore the other entries of ``state`` from the client state; return the client state they did not take."""
+    restore the other entries of ``state`` from the client state; return the client state they did not take.
+
+    Unless ``weights_only`` is False, the files are checked first (see the module docstring)."""
     directory = check_local_path(path)
     entries = engine_entries(strategy.engines, state, "load")
+    tag = trusted_tag(entries.engine, directory, weights_only)
     with_optimizer = bool(entries.optimizer_keys)
     _, client_state = entries.engine.load_checkpoint(
         directory,
-        tag=None,
+        tag=tag,
         load_module_strict=strict,
         load_optimizer_states=with_optimizer,
         load_lr_scheduler_states=False,
         load_module_only=not with_optimizer,
     )
     if client_state is None:
-        raise FileNotFoundError(
-            f"No DeepSpeed checkpoint at {directory!r}: it needs the 'latest' file that save writes next to the"
-            f" {CHECKPOINT_TAG!r} directory."
-        )
+        raise FileNotFoundError(f"No DeepSpeed checkpoint at {directory!r} (tag {tag!r}).")
     client_state = dict(client_state)
     saved_keys = client_state.pop(ENGINE_KEYS_ENTRY, None)
     if saved_keys is not None:
@@ -140,3 +167,82 @@ def load_engine_checkpoint(
     remainder = restore_state(strategy, others, client_state, strict)
     state.update(others)  # plain values were replaced in `others`
     return remainder
+
+
+def load_engine_module(engine: Any, path: PathLike, strict: bool, weights_only: bool | None = None) -> None:
+    """Load only the module weights of the DeepSpeed checkpoint at ``path`` into ``engine`` (files checked first)."""
+    directory = check_local_path(path)
+    tag = trusted_tag(engine, directory, weights_only)
+    engine.load_checkpoint(directory, tag=tag, load_module_strict=strict, load_module_only=True)
+
+
+def trusted_tag(engine: Any, directory: str, weights_only: bool | None) -> str:
+    """The tag DeepSpeed would load from ``directory`` (read from its ``latest`` file, plain text), after checking
+    every torch file under it with the weights-only unpickler unless ``weights_only`` is False.
+
+    Returning the tag lets the load name it explicitly, so DeepSpeed reads the directory that was checked."""
+    pointer = "latest_universal" if _loads_universal_checkpoints(engine) else "latest"
+    try:
+        with open(os.path.join(directory, pointer)) as file:
+            tag = file.read().strip()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        tag = ""
+    if not tag:
+        raise FileNotFoundError(
+            f"No DeepSpeed checkpoint at {directory!r}: it needs the {pointer!r} file that save writes next to the"
+            f" {CHECKPOINT_TAG!r} directory, naming the tag to load."
+        )
+    if weights_only is not False:
+        check_weights_only(os.path.join(directory, tag))
+    return tag
+
+
+def check_weights_only(tag_directory: str) -> None:
+    """Read every torch file (``*.pt``) under ``tag_directory`` with ``torch.load(weights_only=True)``; raise
+    ``UnsafeCheckpointError`` naming the first file that holds anything else than tensors, plain data and
+    DeepSpeed's records, and ``ValueError`` naming a file that cannot be read at all."""
+    files = sorted(
+        os.path.join(root, name) for root, _, names in os.walk(tag_directory) for name in names if name.endswith(".pt")
+    )
+    already = torch.serialization.get_safe_globals()  # the user's own: left allowed when the check ends
+    records: list[Any] = [record for record in _deepspeed_records() if record not in already]
+    for file in files:
+        try:
+            with torch.serialization.safe_globals(records):
+                torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+        except pickle.UnpicklingError as err:
+            raise UnsafeCheckpointError(
+                f"Refusing to load the DeepSpeed checkpoint file {file!r}: it holds {_refused(err)}, which is not a"
+                " tensor, plain data or a DeepSpeed record, and DeepSpeed would unpickle it (which can run code)."
+                " Pass weights_only=False only if you trust where this checkpoint came from, or allow that type with"
+                " torch.serialization.add_safe_globals([...])."
+            ) from None
+        except (RuntimeError, OSError, EOFError, ValueError) as err:
+            raise ValueError(
+                f"Could not read the DeepSpeed checkpoint file {file!r}: {type(err).__name__}: {err}"
+            ) from err
+
+
+def _refused(err: pickle.UnpicklingError) -> str:
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if found:
+        return repr(found.group(1))
+    reason = re.search(r"WeightsUnpickler error: (.*)", str(err))
+    return f"something weights-only loading refused ({reason.group(1) if reason else err})"
+
+
+def _deepspeed_records() -> list[Callable[..., Any]]:
+    if not DEEPSPEED.available:  # no DeepSpeed, nothing will unpickle its records
+        return []
+    found: list[Callable[..., Any]] = []
+    for module, name in _DEEPSPEED_RECORDS:
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return found
+
+
+def _loads_universal_checkpoints(engine: Any) -> bool:
+    method = getattr(engine, "load_universal_checkpoint", None)
+    return bool(method()) if callable(method) else False

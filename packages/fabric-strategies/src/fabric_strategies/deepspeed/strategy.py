@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ from fabric_strategies.deepspeed.checkpoint import (
     find_engine,
     is_engine_optimizer,
     load_engine_checkpoint,
+    load_engine_module,
     save_engine_checkpoint,
 )
 from fabric_strategies.deepspeed.config import REGISTERED_CONFIGURATIONS, DeepSpeedConfig, build_config, zero_stage_of
@@ -47,20 +48,9 @@ from fabric_strategies.deepspeed.runtime import (
     skip_cpu_comm_op,
     zero3_init_context,
 )
-from fabric_strategies.launchers.base import Launcher
-from fabric_strategies.launchers.multiprocessing import MultiprocessingLauncher
-from fabric_strategies.launchers.subprocess_script import SubprocessScriptLauncher
-from fabric_strategies.parallel import ParallelStrategy
-from fabric_strategies.process_group import (
-    DEFAULT_TIMEOUT,
-    check_backend,
-    default_process_group_backend,
-    init_process_group,
-)
+from fabric_strategies.parallel import ParallelStrategy, StartMethod
+from fabric_strategies.process_group import DEFAULT_TIMEOUT
 from fabric_utils import DEEPSPEED, PathLike, Registry
-
-DeepSpeedStartMethod = Literal["popen", "spawn", "fork", "forkserver"]
-_START_METHODS: tuple[str, ...] = get_args(DeepSpeedStartMethod)
 
 
 def _require_installed() -> None:
@@ -99,6 +89,7 @@ class DeepSpeedStrategy(ParallelStrategy):
     name: ClassVar[str] = "deepspeed"
     supported_precisions: ClassVar[tuple[str, ...] | None] = DEEPSPEED_PRECISIONS
     supported_device_types: ClassVar[tuple[str, ...] | None] = DEEPSPEED_DEVICE_TYPES
+    _start_method_required: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -111,7 +102,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         precision: Precision | None = None,
         process_group_backend: str | None = None,
         timeout: timedelta | None = DEFAULT_TIMEOUT,
-        start_method: DeepSpeedStartMethod = "popen",
+        start_method: StartMethod = "popen",
         load_full_weights: bool = False,
         exclude_frozen_parameters: bool = False,
         logging_level: int = DEFAULT_LOGGING_LEVEL,
@@ -119,23 +110,18 @@ class DeepSpeedStrategy(ParallelStrategy):
         **options: Any,
     ) -> None:
         _require_installed()
-        check_deepspeed_precision(precision)
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
             cluster_environment=cluster_environment,
             checkpoint_io=checkpoint_io,
             precision=precision,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            start_method=start_method,
         )
-        if start_method not in _START_METHODS:
-            raise ValueError(f"Unknown start_method {start_method!r}. Choose one of: {', '.join(_START_METHODS)}")
-        if timeout is not None and not isinstance(timeout, timedelta):
-            raise TypeError(f"timeout must be a datetime.timedelta, got {timeout!r}")
         self._base_config, self._options = build_config(config, options)
         self._zero_stage = zero_stage_of(self._base_config)
-        self._process_group_backend = None if process_group_backend is None else check_backend(process_group_backend)
-        self._timeout = DEFAULT_TIMEOUT if timeout is None else timeout
-        self._start_method: DeepSpeedStartMethod = start_method
         self._load_full_weights = bool(load_full_weights)
         self._exclude_frozen_parameters = bool(exclude_frozen_parameters)
         self._logging_level = logging_level
@@ -166,20 +152,6 @@ class DeepSpeedStrategy(ParallelStrategy):
         return with_precision_sections(self._base_config, self.precision)
 
     @property
-    def process_group_backend(self) -> str:
-        if self._process_group_backend is not None:
-            return self._process_group_backend
-        return default_process_group_backend(self.root_device)
-
-    @property
-    def timeout(self) -> timedelta:
-        return self._timeout
-
-    @property
-    def start_method(self) -> DeepSpeedStartMethod:
-        return self._start_method
-
-    @property
     def engines(self) -> list[Any]:
         """The DeepSpeed engines this strategy created, in set-up order."""
         return list(self._engines)
@@ -192,26 +164,8 @@ class DeepSpeedStrategy(ParallelStrategy):
         return precision
 
     @override
-    def complete(
-        self,
-        *,
-        accelerator: Accelerator | None = None,
-        precision: Precision | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        parallel_devices: list[torch.device] | None = None,
-        num_nodes: int | None = None,
-    ) -> None:
-        if self._precision is None:
-            check_deepspeed_precision(precision)
-        super().complete(
-            accelerator=accelerator,
-            precision=precision,
-            checkpoint_io=checkpoint_io,
-            cluster_environment=cluster_environment,
-            parallel_devices=parallel_devices,
-            num_nodes=num_nodes,
-        )
+    def _check_precision_plugin(self, precision: Precision | None) -> None:
+        check_deepspeed_precision(precision)
 
     @override
     def default_precision(self, name: str) -> DeepSpeedPrecision:
@@ -220,19 +174,6 @@ class DeepSpeedStrategy(ParallelStrategy):
         return DeepSpeedPrecision(name)  # type: ignore[arg-type]
 
     # -- processes -----------------------------------------------------------------------------------------------
-    @override
-    def _configure_launcher(self) -> Launcher | None:
-        environment = self.cluster_environment
-        if environment.creates_processes_externally:
-            return None
-        if self._start_method == "popen":
-            return SubprocessScriptLauncher(environment, self.num_processes, self.num_nodes)
-        return MultiprocessingLauncher(self, start_method=self._start_method)
-
-    @override
-    def _setup_process_group(self) -> bool:
-        return init_process_group(self.cluster_environment, self.process_group_backend, self._timeout)
-
     @override
     def setup_environment(self) -> None:
         """Check the precision for the device, join the process group, then hand it to DeepSpeed.
@@ -452,15 +393,16 @@ class DeepSpeedStrategy(ParallelStrategy):
     ) -> dict[str, Any]:
         """Restore a DeepSpeed checkpoint directory into the engine in ``state`` and the other entries.
 
-        DeepSpeed reads its directories with its own loader (which unpickles them fully: load only checkpoints you
-        trust). A single file (``load_full_weights`` or ``load_raw``) is read through the checkpoint IO, with
-        ``weights_only`` honoured. With a model as ``state`` and a DeepSpeed directory, only its weights load.
+        DeepSpeed reads its directories with its own loader, which unpickles them fully: unless ``weights_only`` is
+        False, every file it will read is checked with the weights-only unpickler first. A single file
+        (``load_full_weights`` or ``load_raw``) is read through the checkpoint IO, with ``weights_only`` honoured.
+        With a model as ``state`` and a DeepSpeed directory, only its weights load.
         """
         if not os.path.exists(os.fspath(path)):
             raise FileNotFoundError(f"No checkpoint at {os.fspath(path)!r}: the path does not exist.")
         if isinstance(state, Module) and os.path.isdir(os.fspath(path)):
             engine = self._engine(state)
-            engine.load_checkpoint(os.fspath(path), tag=None, load_module_strict=strict, load_module_only=True)
+            load_engine_module(engine, path, strict, weights_only)
             return {}
         if isinstance(state, (Module, Optimizer)) or not os.path.isdir(os.fspath(path)):
             if isinstance(state, dict) and state and not self._load_full_weights:
@@ -476,7 +418,7 @@ class DeepSpeedStrategy(ParallelStrategy):
             )
         if not isinstance(state, dict):
             raise TypeError(f"`state` must be a module, an optimizer or a dict, got {type(state).__name__}")
-        remainder = load_engine_checkpoint(self, path, state, strict)
+        remainder = load_engine_checkpoint(self, path, state, strict, weights_only)
         self.barrier("deepspeed_load_checkpoint")
         return remainder
 

@@ -28,16 +28,8 @@ from fabric_strategies.checkpoint import StateFilter
 from fabric_strategies.fsdp import checkpoint as sharded_checkpoint
 from fabric_strategies.fsdp.clip import clip_grad_norm
 from fabric_strategies.fsdp.materialize import has_meta_tensors, materialize_module
-from fabric_strategies.launchers.base import Launcher
-from fabric_strategies.launchers.multiprocessing import MultiprocessingLauncher
-from fabric_strategies.launchers.subprocess_script import SubprocessScriptLauncher
-from fabric_strategies.parallel import ParallelStrategy
-from fabric_strategies.process_group import (
-    DEFAULT_TIMEOUT,
-    check_backend,
-    default_process_group_backend,
-    init_process_group,
-)
+from fabric_strategies.parallel import ParallelStrategy, StartMethod
+from fabric_strategies.process_group import DEFAULT_TIMEOUT
 from fabric_utils import PathLike, rank_zero_warn
 
 if TYPE_CHECKING:
@@ -45,8 +37,6 @@ if TYPE_CHECKING:
 
 StateDictType = Literal["sharded", "full"]
 STATE_DICT_TYPES: tuple[str, ...] = get_args(StateDictType)
-StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
-START_METHODS: tuple[str, ...] = get_args(StartMethod)
 #: the precisions a sharded module supports (``FSDPPrecision``'s)
 SHARDED_PRECISIONS: tuple[str, ...] = ("32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed")
 
@@ -74,6 +64,7 @@ class ShardedStrategy(ParallelStrategy, ABC):
 
     supported_precisions: ClassVar[tuple[str, ...] | None] = SHARDED_PRECISIONS
     supported_device_types: ClassVar[tuple[str, ...] | None] = ("cpu", "cuda")
+    _start_method_required: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -87,44 +78,25 @@ class ShardedStrategy(ParallelStrategy, ABC):
         start_method: StartMethod = "popen",
         state_dict_type: StateDictType = "sharded",
     ) -> None:
-        check_precision_plugin(precision, type(self).__name__)
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
             cluster_environment=cluster_environment,
             checkpoint_io=checkpoint_io,
             precision=precision,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            start_method=start_method,
         )
-        if start_method not in START_METHODS:
-            raise ValueError(f"Unknown start_method {start_method!r}. Choose one of: {', '.join(START_METHODS)}")
         if state_dict_type not in STATE_DICT_TYPES:
             raise ValueError(
                 f"Unknown state_dict_type {state_dict_type!r}. Choose one of: {', '.join(STATE_DICT_TYPES)}"
             )
-        if timeout is not None and not isinstance(timeout, timedelta):
-            raise TypeError(f"timeout must be a datetime.timedelta, got {timeout!r}")
-        self._process_group_backend = None if process_group_backend is None else check_backend(process_group_backend)
-        self._timeout = DEFAULT_TIMEOUT if timeout is None else timeout
-        self._start_method: StartMethod = start_method
         self._state_dict_type: StateDictType = state_dict_type
         self._device_mesh: DeviceMesh | None = None
         self._modules: weakref.WeakSet[Module] = weakref.WeakSet()
 
     # -- configuration -------------------------------------------------------------------------------------------
-    @property
-    def process_group_backend(self) -> str:
-        if self._process_group_backend is not None:
-            return self._process_group_backend
-        return default_process_group_backend(self.root_device)
-
-    @property
-    def timeout(self) -> timedelta:
-        return self._timeout
-
-    @property
-    def start_method(self) -> StartMethod:
-        return self._start_method
-
     @property
     def state_dict_type(self) -> StateDictType:
         return self._state_dict_type
@@ -145,26 +117,8 @@ class ShardedStrategy(ParallelStrategy, ABC):
         return list(self._modules)
 
     @override
-    def complete(
-        self,
-        *,
-        accelerator: Accelerator | None = None,
-        precision: Precision | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        parallel_devices: list[torch.device] | None = None,
-        num_nodes: int | None = None,
-    ) -> None:
-        if self._precision is None:
-            check_precision_plugin(precision, type(self).__name__)
-        super().complete(
-            accelerator=accelerator,
-            precision=precision,
-            checkpoint_io=checkpoint_io,
-            cluster_environment=cluster_environment,
-            parallel_devices=parallel_devices,
-            num_nodes=num_nodes,
-        )
+    def _check_precision_plugin(self, precision: Precision | None) -> None:
+        check_precision_plugin(precision, type(self).__name__)
 
     @override
     def default_precision(self, name: str) -> Precision:
@@ -174,19 +128,6 @@ class ShardedStrategy(ParallelStrategy, ABC):
         return FSDPPrecision(canonical, device_type=self.root_device.type)  # type: ignore[arg-type]
 
     # -- processes -----------------------------------------------------------------------------------------------
-    @override
-    def _configure_launcher(self) -> Launcher | None:
-        environment = self.cluster_environment
-        if environment.creates_processes_externally:
-            return None
-        if self._start_method == "popen":
-            return SubprocessScriptLauncher(environment, self.num_processes, self.num_nodes)
-        return MultiprocessingLauncher(self, start_method=self._start_method)
-
-    @override
-    def _setup_process_group(self) -> bool:
-        return init_process_group(self.cluster_environment, self.process_group_backend, self._timeout)
-
     @override
     def setup_environment(self) -> None:
         super().setup_environment()

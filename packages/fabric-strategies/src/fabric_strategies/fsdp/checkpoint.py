@@ -142,7 +142,8 @@ def load(
 ) -> dict[str, Any]:
     if state is not None and not isinstance(state, (Module, Optimizer, dict)):
         raise TypeError(f"`state` must be a module, an optimizer or a dict, got {type(state).__name__}")
-    if not is_remote_path(path) and os.path.isdir(os.fspath(path)):
+    # a sharded checkpoint whose replacement was interrupted is read from its complete hidden sibling
+    if not is_remote_path(path) and (os.path.isdir(os.fspath(path)) or is_sharded_checkpoint(path)):
         return _load_sharded(strategy, path, state, strict, weights_only)
     return _load_file(strategy, path, state, strict, weights_only)
 

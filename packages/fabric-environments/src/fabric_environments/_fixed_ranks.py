@@ -1,0 +1,58 @@
+"""The shared base of environments whose launcher (or runtime) fixes the world size and the ranks."""
+
+from __future__ import annotations
+
+from abc import ABC
+from typing import ClassVar
+
+from typing_extensions import override
+
+from fabric_environments._env import check_port, env_int, ignore_setter
+from fabric_environments.base import ClusterEnvironment
+
+
+class FixedRanksEnvironment(ClusterEnvironment, ABC):
+    """Ranks and sizes come from the launcher, so ``set_world_size`` and ``set_global_rank`` change nothing: they
+    warn when asked for a value other than the launcher's. The processes are started externally unless a subclass
+    says otherwise.
+
+    ``world_size()``, ``global_rank()`` and ``local_rank()`` read the integers in the environment variables that
+    the class names (torchrun's by default); environments that learn them otherwise override the methods.
+    """
+
+    _world_size_variable: ClassVar[str] = "WORLD_SIZE"
+    _global_rank_variable: ClassVar[str] = "RANK"
+    _local_rank_variable: ClassVar[str] = "LOCAL_RANK"
+
+    @property
+    @override
+    def creates_processes_externally(self) -> bool:
+        return True
+
+    @override
+    def world_size(self) -> int:
+        return self._read(self._world_size_variable)
+
+    @override
+    def global_rank(self) -> int:
+        return self._read(self._global_rank_variable)
+
+    @override
+    def local_rank(self) -> int:
+        return self._read(self._local_rank_variable)
+
+    @override
+    def set_world_size(self, size: int) -> None:
+        ignore_setter(type(self).__name__, "world_size", size, self.world_size())
+
+    @override
+    def set_global_rank(self, rank: int) -> None:
+        ignore_setter(type(self).__name__, "global_rank", rank, self.global_rank())
+
+    def _read(self, name: str) -> int:
+        """The integer in the environment variable ``name``; the error for an unset one names this environment."""
+        return env_int(name, owner=type(self).__name__)
+
+    def _read_port(self, name: str = "MASTER_PORT") -> int:
+        """The port in the environment variable ``name``, which must be set."""
+        return check_port(self._read(name), source=name)
