@@ -16,6 +16,7 @@ from fabric_environments import LightningEnvironment, SLURMEnvironment, TorchEla
 from fabric_io import TorchCheckpointIO
 from fabric_precision import Precision, precision_plugin
 from fabric_strategies import STRATEGY_REGISTRY, DDPStrategy, SingleDeviceStrategy
+from fabric_testing import RunIf
 from fabric_utils import override_hardware
 
 
@@ -253,3 +254,52 @@ def test_every_flag_combination_builds_or_raises_a_value_or_type_error(flags: di
             build(plan(**flags))
         except (ValueError, TypeError):
             pass
+
+
+@pytest.mark.parametrize("num_nodes", ["2", 2.0, True, None])
+def test_num_nodes_must_be_an_int(num_nodes: object) -> None:
+    with pytest.raises(TypeError) as info:
+        plan(num_nodes=num_nodes)
+    assert f"num_nodes={num_nodes!r} must be an int >= 1, got {type(num_nodes).__name__}" in str(info.value)
+
+
+@pytest.mark.parametrize("env_value", ["0", "two", "-1", "1.5"])
+def test_a_bad_num_nodes_variable_is_named(env_value: str) -> None:
+    with pytest.raises(ValueError, match=f"FABRIC_NUM_NODES={env_value!r}.*int >= 1"):
+        plan(environ={"FABRIC_NUM_NODES": env_value})
+    assert plan(num_nodes=2, environ={"FABRIC_NUM_NODES": " 2"}).num_nodes == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"accelerator": "CPUU"}, "Unknown accelerator 'CPUU'"),
+        ({"accelerator": "Cuda"}, "accelerator='Cuda'` is not available"),
+        ({"accelerator": "GPU"}, "accelerator='GPU'` needs CUDA or MPS"),
+        ({"strategy": "DDPP"}, "Unknown strategy 'DDPP'"),
+        ({"strategy": "XLA"}, "strategy='XLA' does not run on 'cpu' devices"),
+        ({"precision": "BF16-Mixed"}, "Unknown precision 'BF16-Mixed' (did you mean 'bf16-mixed'?)"),
+    ],
+)
+def test_errors_name_the_value_as_written(kwargs: dict[str, str], named: str) -> None:
+    with override_hardware(cuda_device_count=0, mps_available=False), pytest.raises(ValueError) as info:
+        plan(**kwargs)
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize(("strategy", "devices"), [("auto", 1), ("ddp", 2), ("fsdp", 2)])
+def test_mixed_precision_autocasts_on_the_device_type_of_the_accelerator(strategy: str, devices: int) -> None:
+    with override_hardware(cuda_device_count=2):
+        parts = build(plan(accelerator="cuda", strategy=strategy, devices=devices, precision="bf16-mixed"))
+    assert parts.strategy.root_device == torch.device("cuda", 0)
+    assert parts.precision.device_type == "cuda"  # type: ignore[attr-defined]
+    on_cpu = build(plan(accelerator="cpu", strategy=strategy, devices=devices, precision="bf16-mixed"))
+    assert on_cpu.precision.device_type == "cpu"  # type: ignore[attr-defined]
+
+
+@RunIf(min_cuda_gpus=1)
+def test_mixed_precision_autocasts_a_real_cuda_forward() -> None:
+    parts = build(plan(accelerator="cuda", devices=1, precision="bf16-mixed"))
+    layer = torch.nn.Linear(4, 4, device=parts.strategy.root_device)
+    with parts.precision.forward_context():
+        assert layer(torch.ones(2, 4, device=parts.strategy.root_device)).dtype == torch.bfloat16

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from typing_extensions import override
 
-from fabric_accelerators import CPUAccelerator
+from fabric_accelerators import CPUAccelerator, CUDAAccelerator
 from fabric_io import TorchCheckpointIO
 from fabric_precision import DoublePrecision, MixedPrecision, Precision
-from fabric_strategies import SingleDeviceStrategy, Strategy
+from fabric_strategies import DDPStrategy, SingleDeviceStrategy, Strategy
 
 
 class ScalingPrecision(Precision):
@@ -180,3 +182,20 @@ def test_teardown_releases_every_part():
 def test_strategy_is_abstract():
     with pytest.raises(TypeError, match=r"abstract"):
         Strategy()  # type: ignore[abstract]
+
+
+@pytest.mark.parametrize("name", ["bf16-mixed", "16-mixed"])
+def test_default_mixed_precision_autocasts_on_the_device_type_of_the_strategy(name: str) -> None:
+    """On CUDA devices the default plugin autocasts for CUDA, not CPU (no CUDA needed: nothing runs on the device)."""
+    single = SingleDeviceStrategy(device="cuda:0", accelerator=CUDAAccelerator())
+    parallel = DDPStrategy(accelerator=CUDAAccelerator())
+    parallel.complete(parallel_devices=[torch.device("cuda", 0), torch.device("cuda", 1)], num_nodes=1)
+    for strategy in (single, parallel):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a GradScaler for CUDA warns on a machine without CUDA
+            plugin = strategy.default_precision(name)
+        assert isinstance(plugin, MixedPrecision)
+        assert (plugin.precision, plugin.device_type) == (name, "cuda")
+    on_cpu = SingleDeviceStrategy(accelerator=CPUAccelerator()).default_precision(name)
+    assert isinstance(on_cpu, MixedPrecision)
+    assert on_cpu.device_type == "cpu"

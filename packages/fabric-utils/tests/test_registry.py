@@ -106,6 +106,27 @@ def test_unknown_message_can_list_extra_choices_first() -> None:
     assert message == "Unknown strategy 'ddpp'. Choose one of: auto, ddp (or register your own)."
 
 
+@pytest.mark.parametrize("written", ["DDP", "Ddp", " ddp ", "AUTO"])
+def test_unknown_name_is_shown_as_written_and_pointed_at_its_case_insensitive_match(written: str) -> None:
+    registry: Registry[Widget] = Registry("strategy")
+    registry.register("ddp", Widget)
+    message = registry.unknown_message(written, extra_choices=("auto",))
+    match = written.strip().lower()
+    expected = f"Unknown strategy {written!r} (did you mean {match!r}?). Choose one of: auto, ddp"
+    expected += " (or register your own)."
+    assert message == expected
+    with pytest.raises(UnknownNameError) as err:
+        registry.get(written)
+    assert f"Unknown strategy {written!r}" in str(err.value)
+
+
+def test_no_hint_for_names_without_a_case_insensitive_match() -> None:
+    registry: Registry[Widget] = Registry("strategy")
+    registry.register("ddp", Widget)
+    assert "did you mean" not in registry.unknown_message("DDPP")
+    assert "did you mean" not in registry.unknown_message(3)
+
+
 def test_iteration_yields_sorted_names_and_len_counts_them() -> None:
     registry: Registry[Widget] = Registry("widget")
     for name in ("c", "a", "b"):

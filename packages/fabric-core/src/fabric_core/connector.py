@@ -150,6 +150,10 @@ def _same_text(value: Any, env_value: str) -> bool:
     return str(value).lower() == env_value.lower()
 
 
+def _same_int(value: Any, env_value: str) -> bool:
+    return env_value.strip().isdigit() and int(env_value) == value
+
+
 def _same_accelerator(value: Any, env_value: str) -> bool:
     if isinstance(value, Accelerator):
         return env_value.lower() in _names_of(type(value), ACCELERATOR_REGISTRY)
@@ -208,7 +212,10 @@ def resolve_accelerator_class(flag: AcceleratorFlag) -> tuple[str, type[Accelera
             f"accelerator={flag!r} must be a name or an Accelerator instance. Choose one of: auto, gpu,"
             f" {', '.join(ACCELERATOR_REGISTRY)}"
         )
-    name = resolve_accelerator_name(flag.lower())
+    try:
+        name = resolve_accelerator_name(flag.lower())
+    except ValueError as err:
+        raise as_written(err, flag) from None
     factory = ACCELERATOR_REGISTRY.get(name)
     if not (isinstance(factory, type) and issubclass(factory, Accelerator)):
         raise TypeError(f"The accelerator {name!r} is registered to {factory!r}, which is not an Accelerator class")
@@ -226,13 +233,29 @@ def resolve_devices(accelerator: type[Accelerator], devices: Any) -> tuple[Any, 
 
 
 def check_num_nodes(num_nodes: Any) -> int:
-    if isinstance(num_nodes, str) and num_nodes.strip().isdigit():
-        num_nodes = int(num_nodes)
+    """The user's ``num_nodes``: an int >= 1 (a string such as "2" is refused; only ``FABRIC_NUM_NODES`` is text)."""
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int):
-        raise TypeError(f"num_nodes={num_nodes!r} must be an int >= 1")
+        raise TypeError(f"num_nodes={num_nodes!r} must be an int >= 1, got {type(num_nodes).__name__}")
     if num_nodes < 1:
         raise ValueError(f"num_nodes={num_nodes!r} is invalid: it must be an int >= 1")
     return num_nodes
+
+
+def num_nodes_from_environment(text: str) -> int:
+    """``FABRIC_NUM_NODES`` as set by ``fabric run``: the decimal digits of an int >= 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(
+            f"{ENV_NUM_NODES}={text!r} is invalid: it must be an int >= 1 (set by `fabric run --num-nodes`)"
+        )
+    return int(text)
+
+
+def as_written(err: ValueError, written: str) -> ValueError:
+    """``err`` naming the value as the user wrote it: names are looked up lowercased, so messages show them so."""
+    lowered = written.lower()
+    if lowered == written or repr(lowered) not in str(err):
+        return err
+    return type(err)(str(err).replace(repr(lowered), repr(written), 1))
 
 
 # -- strategy ----------------------------------------------------------------------------------------------------
@@ -259,7 +282,10 @@ def pick_strategy_name(
         return single
     if name not in STRATEGY_REGISTRY:
         raise ValueError(STRATEGY_REGISTRY.unknown_message(flag, extra_choices=("auto",)))
-    return resolve_strategy_name(name, device_type)
+    try:
+        return resolve_strategy_name(name, device_type)
+    except ValueError as err:
+        raise as_written(err, flag) from None
 
 
 def strategy_class(name: str, instance: Strategy | None) -> type[Strategy]:
@@ -319,9 +345,11 @@ def resolve_plan(
         "strategy", strategy, default="auto", env_name=ENV_STRATEGY, environ=environ, same=_same_strategy
     )
     devices = merge_flag("devices", devices, default="auto", env_name=ENV_DEVICES, environ=environ, same=_same_devices)
-    num_nodes = check_num_nodes(
-        merge_flag("num_nodes", num_nodes, default=1, env_name=ENV_NUM_NODES, environ=environ, same=_same_text)
+    num_nodes = merge_flag(
+        "num_nodes", check_num_nodes(num_nodes), default=1, env_name=ENV_NUM_NODES, environ=environ, same=_same_int
     )
+    if isinstance(num_nodes, str):
+        num_nodes = num_nodes_from_environment(num_nodes)
     precision = merge_flag(
         "precision", precision, default=None, env_name=ENV_PRECISION, environ=environ, same=_same_precision
     )

@@ -19,6 +19,7 @@ from fabric_core.callbacks import HookCaller, collect_callbacks
 from fabric_core.connector import AcceleratorFlag, Plugin, StrategyFlag, build, is_interactive, resolve_plan
 from fabric_core.data import add_worker_seeding, global_seed, inject_distributed_sampler
 from fabric_core.loader import FabricDataLoader
+from fabric_core.validation import check_bool, check_clip_arguments, check_filter, check_loggers, check_optional_bool
 from fabric_core.wrappers import FabricModule, FabricOptimizer, is_wrapped, unwrap
 from fabric_strategies import Strategy, SubprocessScriptLauncher
 from fabric_utils import (
@@ -68,7 +69,7 @@ class Fabric:
         self._cluster_environment = parts.cluster_environment
         self._callbacks = collect_callbacks(callbacks)
         self._hooks = HookCaller()
-        self._loggers = _check_loggers(loggers)
+        self._loggers = check_loggers(loggers)
         self._environment_ready = False
         self._models_setup = 0
         self._set_up: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -180,6 +181,7 @@ class Fabric:
     # -- set-up --------------------------------------------------------------------------------------------------
     def setup(self, module: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
         """Set up a model and its optimizers for the strategy and precision; return the wrapped objects."""
+        check_bool("setup", move_to_device=move_to_device)
         self._check_setup_module(module)
         self._check_setup_optimizers(optimizers)
         self._ensure_launched()
@@ -197,6 +199,7 @@ class Fabric:
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
         """Set up a model alone (optimizers can follow with :meth:`setup_optimizers`, e.g. after FSDP sharding)."""
+        check_bool("setup_module", move_to_device=move_to_device)
         self._check_setup_module(module)
         self._ensure_launched()
         original = module
@@ -220,6 +223,7 @@ class Fabric:
         """Shard each DataLoader across processes (re-created with a distributed sampler) and wrap it."""
         if not dataloaders:
             raise ValueError("setup_dataloaders needs at least one DataLoader")
+        check_bool("setup_dataloaders", use_distributed_sampler=use_distributed_sampler, move_to_device=move_to_device)
         for loader in dataloaders:
             if is_wrapped(loader):
                 raise ValueError("This dataloader was already set up by fabric.setup_dataloaders; set it up only once.")
@@ -298,11 +302,7 @@ class Fabric:
         error_if_nonfinite: bool = True,
     ) -> torch.Tensor | None:
         """Clip gradients by value (``clip_val``) or by total norm (``max_norm``; returns the norm). Give one."""
-        if (clip_val is None) == (max_norm is None):
-            raise ValueError(
-                f"clip_gradients needs exactly one of clip_val or max_norm, got clip_val={clip_val!r} and"
-                f" max_norm={max_norm!r}"
-            )
+        check_clip_arguments(clip_val, max_norm, norm_type, error_if_nonfinite)
         module, optimizer = unwrap(module), unwrap(optimizer)
         if clip_val is not None:
             self._strategy.clip_gradients_value(module, optimizer, clip_val=clip_val)
@@ -320,6 +320,7 @@ class Fabric:
         """Skip the gradient synchronisation of backward calls inside the block (gradient accumulation)."""
         if not isinstance(module, FabricModule):
             raise TypeError(f"no_backward_sync needs the model returned by fabric.setup, got {type(module).__name__}")
+        check_bool("no_backward_sync", enabled=enabled)
         if not enabled:
             return nullcontext()
         return self._strategy.no_backward_sync(module.forward_module, enabled)
@@ -340,6 +341,7 @@ class Fabric:
     @staticmethod
     def seed_everything(seed: int | None = None, workers: bool = True, verbose: bool = True) -> int:
         """Seed Python, NumPy and torch (and, with ``workers``, every dataloader worker); returns the seed."""
+        check_bool("seed_everything", workers=workers, verbose=verbose)
         return _seed_everything(seed, workers=workers, verbose=verbose)
 
     # -- collectives ---------------------------------------------------------------------------------------------
@@ -354,6 +356,7 @@ class Fabric:
     def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
         """Gather a tensor (or each tensor of a collection) from every process, stacked on a new first dimension;
         a tensor whose shape differs across processes comes back as a list of each process's tensor."""
+        check_bool("all_gather", sync_grads=sync_grads)
         self._ensure_launched()
         data = _numbers_to_tensors(data, self.device)
         return apply_to_collection(data, torch.Tensor, self._strategy.all_gather, group=group, sync_grads=sync_grads)
@@ -365,9 +368,13 @@ class Fabric:
         data = _numbers_to_tensors(data, self.device)
         return apply_to_collection(data, torch.Tensor, self._strategy.all_reduce, group=group, reduce_op=reduce_op)
 
-    @contextmanager
-    def rank_zero_first(self, local: bool = False) -> Generator[None, None, None]:
+    def rank_zero_first(self, local: bool = False) -> AbstractContextManager[None]:
         """Run the block on (local) rank 0 first, then on the other processes (e.g. to download data once)."""
+        check_bool("rank_zero_first", local=local)
+        return self._rank_zero_first(local)
+
+    @contextmanager
+    def _rank_zero_first(self, local: bool) -> Generator[None, None, None]:
         self._ensure_launched()
         rank = self.local_rank if local else self.global_rank
         if rank > 0:
@@ -384,6 +391,7 @@ class Fabric:
     def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[Any]:
         """Modules created inside get the precision's dtype and device; ``empty_init`` skips weight initialisation
         (meta device / ZeRO-3 where the strategy shards)."""
+        check_optional_bool("init_module", empty_init=empty_init)
         self._ensure_launched()
         return self._strategy.module_init_context(empty_init=empty_init)
 
@@ -394,7 +402,7 @@ class Fabric:
         """Save ``state`` (modules, optimizers, stateful objects, plain data) to ``path`` through the strategy."""
         if not isinstance(state, Mapping):
             raise TypeError(f"fabric.save(state=...) must be a dict of names to objects, got {type(state).__name__}")
-        _check_filter(filter, state)
+        check_filter(filter, state)
         self._ensure_launched()
         self._strategy.save_checkpoint(path, _unwrap_state(state), filter=filter)
         self._strategy.barrier()
@@ -411,6 +419,8 @@ class Fabric:
         did not take (everything, when ``state`` is None)."""
         if state is not None and not isinstance(state, dict):
             raise TypeError(f"fabric.load(state=...) must be a dict or None, got {type(state).__name__}")
+        check_bool("load", strict=strict)
+        check_optional_bool("load", weights_only=weights_only)
         self._ensure_launched()
         unwrapped = _unwrap_state(state) if state is not None else None
         remainder = self._strategy.load_checkpoint(path, unwrapped, strict=strict, weights_only=weights_only)
@@ -428,6 +438,8 @@ class Fabric:
         obj = unwrap(obj)
         if not isinstance(obj, (nn.Module, Optimizer)):
             raise TypeError(f"load_raw needs a module or an optimizer, got {type(obj).__name__}")
+        check_bool("load_raw", strict=strict)
+        check_optional_bool("load_raw", weights_only=weights_only)
         self._ensure_launched()
         self._strategy.load_checkpoint(path, obj, strict=strict, weights_only=weights_only)
 
@@ -463,29 +475,6 @@ def _teardown_at_exit(strategy_ref: weakref.ref[Strategy]) -> None:
     strategy = strategy_ref()
     if strategy is not None:
         strategy.teardown()
-
-
-def _check_loggers(loggers: Any) -> list[Logger]:
-    if loggers is None:
-        return []
-    items = list(loggers) if isinstance(loggers, (list, tuple)) else [loggers]
-    for logger in items:
-        if not isinstance(logger, Logger):
-            needed = "name, version, log_metrics, log_hyperparams, save, finalize"
-            raise TypeError(f"{logger!r} is not a logger: a logger implements {needed} (fabric_utils.Logger)")
-    return items
-
-
-def _check_filter(filter: Any, state: Mapping[str, Any]) -> None:
-    if filter is None:
-        return
-    if not isinstance(filter, Mapping):
-        raise TypeError(f"save(filter=...) must map state keys to callables, got {type(filter).__name__}")
-    for key, fn in filter.items():
-        if key not in state:
-            raise ValueError(f"save(filter=...) names the key {key!r}, which is not in the state: {sorted(state)}")
-        if not callable(fn):
-            raise TypeError(f"save(filter={{{key!r}: ...}}) must be a callable (name, value) -> bool, got {fn!r}")
 
 
 def _unwrap_state(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO, TorchCheckpointIO
 from fabric_precision import Precision, precision_plugin
 from fabric_strategies.checkpoint import StateFilter, restore_state, to_checkpoint
+from fabric_strategies.clipping import check_clip_threshold, check_norm_type
 from fabric_strategies.init_context import SkipParameterInit
 from fabric_strategies.launchers.base import Launcher
 from fabric_utils import PathLike, check_reduce_op, move_data_to_device
@@ -229,9 +230,10 @@ class Strategy(ABC):
     # -- training step -------------------------------------------------------------------------------------------
     def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
         """Backward through the precision plugin (which may scale the loss first)."""
-        tensor = self.precision.pre_backward(tensor, module)
-        self.precision.backward(tensor, module, *args, **kwargs)
-        self.precision.post_backward(tensor, module)
+        precision = self.precision
+        tensor = precision.pre_backward(tensor, module)
+        precision.backward(tensor, module, *args, **kwargs)
+        precision.post_backward(tensor, module)
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         return self.precision.optimizer_step(optimizer, **kwargs)
@@ -249,6 +251,8 @@ class Strategy(ABC):
         error_if_nonfinite: bool = True,
     ) -> Tensor:
         """Clip the gradients of the optimizer's parameters to a total norm of ``max_norm``; return the norm."""
+        check_clip_threshold("max_norm", max_norm)
+        check_norm_type(norm_type)
         self.precision.unscale_gradients(optimizer)
         parameters = list(self.precision.main_params(optimizer))
         return torch.nn.utils.clip_grad_norm_(
@@ -257,6 +261,7 @@ class Strategy(ABC):
 
     def clip_gradients_value(self, module: Module, optimizer: Optimizer, clip_val: float | int) -> None:
         """Clamp every gradient of the optimizer's parameters to ``[-clip_val, clip_val]``."""
+        check_clip_threshold("clip_val", clip_val)
         self.precision.unscale_gradients(optimizer)
         torch.nn.utils.clip_grad_value_(list(self.precision.main_params(optimizer)), clip_val)
 

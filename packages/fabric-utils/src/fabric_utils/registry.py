@@ -110,9 +110,11 @@ class Registry(Generic[_T]):
         return entry.factory(**{**entry.init_kwargs, **kwargs})
 
     def unknown_message(self, name: object, extra_choices: tuple[str, ...] = ()) -> str:
-        """The message for an unknown name: it names the value and lists ``extra_choices`` and every known name."""
-        choices = ", ".join([*extra_choices, *self.names()])
-        return f"Unknown {self.kind} {name!r}. Choose one of: {choices} (or register your own)."
+        """The message for an unknown name: it names the value exactly as given and lists ``extra_choices`` and
+        every known name; a name that differs from a known one only in case or surrounding spaces is pointed at it."""
+        choices = [*extra_choices, *self.names()]
+        hint = _case_hint(name, choices)
+        return f"Unknown {self.kind} {name!r}{hint}. Choose one of: {', '.join(choices)} (or register your own)."
 
     def names(self) -> list[str]:
         """The registered names, sorted."""
@@ -144,3 +146,14 @@ def _first_doc_line(obj: object) -> str:
         if line.strip():
             return line.strip()
     return ""
+
+
+def _case_hint(name: object, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` when ``name`` matches the choice ``x`` up to case and surrounding spaces."""
+    if not isinstance(name, str):
+        return ""
+    folded = name.strip().casefold()
+    match = next((choice for choice in choices if choice.casefold() == folded), None)
+    if match is None or match == name:
+        return ""
+    return f" (did you mean {match!r}?)"
