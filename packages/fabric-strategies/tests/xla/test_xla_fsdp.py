@@ -114,6 +114,12 @@ def test_clipping_and_no_backward_sync(fake_xla: ModuleType) -> None:
     strategy.clip_gradients_norm(wrapped, optimizer, max_norm=1.0, error_if_nonfinite=False)
     with pytest.raises(NotImplementedError, match="by norm only"):
         strategy.clip_gradients_value(wrapped, optimizer, clip_val=1.0)
+    calls = len(fake_xla.state.arguments("clip_grad_norm_"))
+    with pytest.raises(ValueError, match=r"max_norm=-1\.0"):
+        strategy.clip_gradients_norm(wrapped, optimizer, max_norm=-1.0)
+    with pytest.raises(ValueError, match="norm_type=0"):
+        strategy.clip_gradients_norm(wrapped, optimizer, max_norm=1.0, norm_type=0)
+    assert len(fake_xla.state.arguments("clip_grad_norm_")) == calls  # refused before reaching the wrapper
     with pytest.raises(TypeError, match="needs a model set up by XLAFSDPStrategy"):
         strategy.no_backward_sync(TinyMLP(), enabled=True)
 

@@ -19,6 +19,7 @@ from fabric_accelerators import Accelerator
 from fabric_io import CheckpointIO, exists, isdir
 from fabric_precision import Precision
 from fabric_strategies.checkpoint import StateFilter
+from fabric_strategies.clipping import check_clip_threshold, check_norm_type
 from fabric_strategies.xla import runtime
 from fabric_strategies.xla.fsdp_checkpoint import check_full_load, load_shard, save_xla_fsdp_checkpoint
 from fabric_strategies.xla.strategy import XLAStrategy
@@ -186,6 +187,8 @@ class XLAFSDPStrategy(XLAStrategy):
         error_if_nonfinite: bool = True,
     ) -> Tensor:
         """Clip by the total norm across every shard (``XlaFullyShardedDataParallel.clip_grad_norm_``)."""
+        check_clip_threshold("max_norm", max_norm)
+        check_norm_type(norm_type)
         wrapper = self._require_wrapper(module, "clip_gradients")
         self.precision.unscale_gradients(optimizer)
         norm: Tensor = wrapper.clip_grad_norm_(max_norm=max_norm, norm_type=norm_type)  # type: ignore[operator]
