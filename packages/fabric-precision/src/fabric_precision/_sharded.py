@@ -1,4 +1,4 @@
-"""Shared behaviour of the precisions of sharding engines (FSDP2, DeepSpeed).
+"""Shared behaviour of the precisions of sharding engines (FSDP2, DeepSpeed) and of XLA.
 
 "-true" half precisions convert the module before the engine wraps it, and make new modules and tensors half;
 otherwise the module stays as it is and the engine casts what it needs. Outputs come back in the default dtype.
@@ -28,10 +28,13 @@ SHARDED_PRECISIONS: tuple[str, ...] = ("32-true", "16-true", "bf16-true", "16-mi
 
 
 class ShardedPrecision(Precision):
-    """The hooks ``FSDPPrecision`` and ``DeepSpeedPrecision`` share; ``what`` names the plugin in errors."""
+    """The hooks ``FSDPPrecision``, ``DeepSpeedPrecision`` and ``XLAPrecision`` share.
 
-    def __init__(self, precision: ShardedPrecisionName, *, what: str) -> None:
-        check_choice(what, precision, SHARDED_PRECISIONS)
+    ``what`` names the plugin in errors; ``choices`` are the precisions it accepts.
+    """
+
+    def __init__(self, precision: str, *, what: str, choices: tuple[str, ...] = SHARDED_PRECISIONS) -> None:
+        check_choice(what, precision, choices)
         self.precision = precision
         self._dtype = PRECISION_DTYPES[precision]
         self._true_half = precision in HALF_PRECISIONS
