@@ -81,17 +81,7 @@ def assert_same_run(result: dict[str, Any], reference: dict[str, Any], first_ste
     assert not different, f"weights differ from the uninterrupted run's (not bit-identical): {different}"
 
 
-SINGLE_DEVICE_BUG = (
-    "fabric-core's FabricDataLoader puts the process's own RNG state back after re-creating the interrupted epoch"
-    " (loader.py, _resumed_iterator), so the next epoch of a non-distributed RandomSampler is shuffled from a"
-    " different global RNG state than in the uninterrupted run"
-)
-
-
-@pytest.mark.parametrize(
-    "config",
-    [pytest.param("single", marks=pytest.mark.xfail(strict=True, reason=SINGLE_DEVICE_BUG)), "ddp", "fsdp"],
-)
+@pytest.mark.parametrize("config", ["single", "ddp", "fsdp"])
 def test_resume_mid_epoch_in_a_new_process(helpers: Any, workdir: Path, config: str, references: Any) -> None:
     reference = references(config)
     checkpoint = workdir / "checkpoint"
@@ -111,14 +101,6 @@ def test_resume_mid_epoch_in_a_new_process(helpers: Any, workdir: Path, config: 
     assert_same_run(torch.load(workdir / "out.pt", weights_only=True), reference, STOP_AT)
 
 
-RESTART_BUG = (
-    "flaky, about 1 run in 2: `fabric run` starts torchrun with its static rendezvous (cli/run.py, torchrun_arguments:"
-    " --master-addr/--master-port), whose TCPStore outlives the failed attempt; the restarted processes' gloo"
-    " rendezvous can read the dead processes' addresses from it and fail (or hang until the process-group timeout)."
-    " torchrun's c10d rendezvous (--rdzv-backend=c10d --rdzv-endpoint=ADDR:PORT) gives every attempt a fresh store"
-)
-
-
 def test_fabric_run_restarts_after_a_crash_and_resumes(helpers: Any, workdir: Path, references: Any) -> None:
     reference = references("ddp")
     checkpoint = workdir / "checkpoint.ckpt"
@@ -129,8 +111,7 @@ def test_fabric_run_restarts_after_a_crash_and_resumes(helpers: Any, workdir: Pa
     options = ["--accelerator", "cpu", "--devices", "2", "--max-restarts", "1"]
     result = train(helpers, workdir, "ddp", *extra, fabric_run=options)
     assert "injected failure for the integration test" in result.output, result.describe()  # attempt 1 crashed
-    if result.returncode != 0 and "connectFullMesh failed" in result.output:
-        pytest.xfail(RESTART_BUG)  # the restarted attempt could not form its process group
+    # the restarted attempt forms its process group in a store of its own (not the failed attempt's)
     assert result.returncode == 0, result.describe()
     assert re.search(r"resumed from \S+ at step 3\b", result.output), result.describe()
     assert len(helpers.recorded_ranks(workdir / "pids")) == 4  # two attempts of two processes

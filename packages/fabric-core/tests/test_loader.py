@@ -154,6 +154,84 @@ def test_resume_mid_epoch_sees_exactly_the_batches_of_an_uninterrupted_run(
     assert first_draws + rest_draws == full_draws
 
 
+def through_a_file(state: dict[str, Any]) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def resume_without_restoring_rng(
+    make_loader: Callable[[], FabricDataLoader], epochs: int, state: dict[str, Any], start_epoch: int, seed: int
+) -> tuple[list[list[int]], list[float]]:
+    """A new process that seeds itself (as the script does) and loads only the loader's state, not the RNG's."""
+    torch.manual_seed(seed)
+    loader = make_loader()
+    loader.load_state_dict(through_a_file(state))
+    batches: list[list[int]] = []
+    draws: list[float] = []
+    for _ in range(start_epoch, epochs):
+        for batch in loader:
+            batches.append(ids(batch))
+            draws.append(float(torch.rand(1)))
+    return batches, draws
+
+
+@pytest.mark.parametrize("make_loader", [shuffled, shuffled_with_generator, custom_sampler, with_workers, distributed])
+@pytest.mark.parametrize("stop", [(0, 1), (1, 2), (0, -1)])
+@pytest.mark.parametrize("seed", [0, 777])
+def test_the_epochs_after_a_resume_are_shuffled_as_in_an_uninterrupted_run(
+    make_loader: Callable[[], FabricDataLoader], stop: tuple[int, int], seed: int
+) -> None:
+    """A fresh loader resumed mid-epoch (or after its last batch, before the epoch's end: ``-1``) without the user
+    restoring torch's RNG: the rest of that epoch and the next two are those of an uninterrupted run, as are the
+    random numbers drawn in the loop. A plain RandomSampler draws each epoch's order from torch's default generator."""
+    if stop[1] == -1:
+        stop = (stop[0], len(make_loader()) - 1)
+    epochs = stop[0] + 3
+    torch.manual_seed(0)
+    full_batches, full_draws, _ = train(make_loader, epochs)
+    torch.manual_seed(0)
+    first_batches, first_draws, checkpoint = train(make_loader, epochs, stop=stop)
+    assert checkpoint is not None
+    assert checkpoint["loader"]["in_progress"]
+    rest_batches, rest_draws = resume_without_restoring_rng(make_loader, epochs, checkpoint["loader"], stop[0], seed)
+    assert first_batches + rest_batches == full_batches
+    assert first_draws + rest_draws == full_draws
+
+
+@pytest.mark.parametrize("make_loader", [shuffled, shuffled_with_generator, custom_sampler, distributed])
+def test_a_resume_after_a_finished_epoch_shuffles_the_next_epochs_alike(
+    make_loader: Callable[[], FabricDataLoader],
+) -> None:
+    torch.manual_seed(0)
+    full = [[i for b in loader for i in ids(b)] for loader in [make_loader()] for _ in range(3)]
+    torch.manual_seed(0)
+    loader = make_loader()
+    first = [i for b in loader for i in ids(b)]
+    state = loader.state_dict()
+    assert (state["epoch"], state["in_progress"]) == (1, False)
+    torch.manual_seed(0)  # the new process seeds itself alike and builds its loader
+    resumed = make_loader()
+    resumed.load_state_dict(through_a_file(state))
+    assert [first] + [[i for b in resumed for i in ids(b)] for _ in range(2)] == full
+
+
+def test_a_state_without_generator_states_still_loads() -> None:
+    """States written before ``rng`` was recorded resume at the right batch (the generators are left alone)."""
+    torch.manual_seed(0)
+    full = [ids(b) for b in distributed()]
+    torch.manual_seed(0)
+    loader = distributed()
+    iterator = iter(loader)
+    first = [ids(next(iterator)) for _ in range(2)]
+    state = loader.state_dict()
+    del state["rng"]
+    resumed = distributed()
+    resumed.load_state_dict(state)
+    assert first + [ids(b) for b in resumed] == full
+
+
 def test_resume_at_an_epoch_boundary_starts_the_next_epoch() -> None:
     torch.manual_seed(0)
     full_batches, _, _ = train(distributed, 2)
@@ -183,6 +261,21 @@ def test_the_sampler_seed_is_restored() -> None:
         ({"epoch": 0}, "missing"),
         ({"epoch": -1, "batches_consumed": 0, "in_progress": False, "sampler_seed": None, "epoch_rng": None}, "epoch"),
         ({"epoch": 0, "batches_consumed": "2", "in_progress": True, "sampler_seed": None, "epoch_rng": None}, "'2'"),
+        (
+            {"epoch": 0, "batches_consumed": 0, "in_progress": False, "sampler_seed": None, "epoch_rng": 3},
+            "epoch_rng=3",
+        ),
+        (
+            {
+                "epoch": 0,
+                "batches_consumed": 0,
+                "in_progress": False,
+                "sampler_seed": None,
+                "epoch_rng": None,
+                "rng": {},
+            },
+            "rng=",
+        ),
     ],
 )
 def test_invalid_state_is_refused(state: dict[str, Any], match: str) -> None:

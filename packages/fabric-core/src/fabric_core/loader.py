@@ -1,17 +1,25 @@
 """The dataloader wrapper returned by ``Fabric.setup_dataloaders``: device transfer, ``set_epoch`` and exact resume.
 
-Resuming mid-epoch. ``state_dict()`` records the epoch, how many batches of it were handed out, the seed of a
-distributed sampler and, for an epoch in progress, the state of the random generators the loader draws from when
-an epoch starts (torch's default generator, the loader's and the samplers' own generators). After
-``load_state_dict`` the next iteration re-creates that epoch exactly: the generators are set to their epoch-start
-state while the iterator is created and the consumed batches are skipped, then the process's own random state is
-put back, so the batches that follow, and the random numbers the training loop draws, are those of an
-uninterrupted run. Skipping is free for the distributed samplers fabric injects (they leave out the consumed
-indices); for other samplers the consumed batches are drawn again and discarded.
+Resuming. ``state_dict()`` records the epoch, how many batches of it were handed out, the seed of a distributed
+sampler, the state of the random generators the loader draws from when an epoch starts (torch's default generator,
+the loader's and the samplers' own generators) as it is now and, for an epoch in progress, as it was when that
+epoch's iterator was created. ``load_state_dict`` puts those generators back to their state at the checkpoint:
+a shuffling sampler without a generator of its own (``shuffle=True``) draws every epoch's order from torch's
+default generator, so the epochs after the resumed one are only shuffled as in an uninterrupted run if that
+generator continues from where it was. The next iteration then re-creates the interrupted epoch: the generators
+are set to their epoch-start state while its iterator is created and the consumed batches are skipped, and put
+back afterwards, so the batches that follow, the random numbers the training loop draws and the order of the
+next epochs are those of an uninterrupted run. Skipping is free for the distributed samplers fabric injects (they
+leave out the consumed indices); for other samplers the consumed batches are drawn again and discarded.
+
+In a multi-process run the checkpoint holds the generator states of the process that wrote it; processes seeded
+alike (``Fabric.seed_everything``) share them. A run that gives each process its own random stream restores it
+itself, after loading the dataloader's state.
 """
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader
 from fabric_utils import capture_rng_state, move_data_to_device, restore_rng_state
 
 _STATE_KEYS = ("epoch", "batches_consumed", "in_progress", "sampler_seed", "epoch_rng")
+_RNG_KEY = "rng"  # optional: states written before it existed resume without it
 
 
 class FabricDataLoader:
@@ -93,8 +102,12 @@ class FabricDataLoader:
         self._epoch_rng = None
 
     def _resumed_iterator(self, consumed: int) -> Iterator[Any]:
-        """The iterator of the interrupted epoch, positioned after its first ``consumed`` batches."""
+        """The iterator of the interrupted epoch, positioned after its first ``consumed`` batches.
+
+        Re-creating it leaves every random generator as it was before (a dataset may draw while batches are skipped).
+        """
         own_state = capture_rng_state()
+        own_generators = self._generator_states()
         try:
             if self._epoch_rng is not None:
                 self._set_generator_states(self._epoch_rng)
@@ -109,6 +122,7 @@ class FabricDataLoader:
                         break
         finally:
             restore_rng_state(own_state)
+            self._set_generator_states(own_generators)
         self._consumed = consumed
         return iterator
 
@@ -139,7 +153,8 @@ class FabricDataLoader:
 
     # -- checkpointing --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Where iteration stands: epoch, batches consumed in it, the sampler seed and the epoch-start RNG state."""
+        """Where iteration stands: epoch, batches consumed in it, the sampler seed, and the state of the random
+        generators the loader draws from, now (``rng``) and at the start of an epoch in progress (``epoch_rng``)."""
         seeds = [getattr(s, "seed", None) for s in self._samplers]
         return {
             "epoch": self._epoch,
@@ -147,10 +162,15 @@ class FabricDataLoader:
             "in_progress": self._in_progress,
             "sampler_seed": next((s for s in seeds if isinstance(s, int)), None),
             "epoch_rng": self._epoch_rng if self._in_progress else None,
+            _RNG_KEY: self._generator_states(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict`: the next iteration continues the saved epoch at its next batch."""
+        """Resume from :meth:`state_dict`: the next iteration continues the saved epoch at its next batch.
+
+        Torch's default generator and the loader's own generators are put back to their state at the checkpoint
+        now, so that later epochs are shuffled as in an uninterrupted run.
+        """
         missing = [key for key in _STATE_KEYS if key not in state_dict]
         if missing:
             raise ValueError(f"Not a FabricDataLoader state: missing {missing}. Expected the keys {list(_STATE_KEYS)}.")
@@ -158,7 +178,12 @@ class FabricDataLoader:
         for name, value in (("epoch", epoch), ("batches_consumed", consumed)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"Invalid dataloader state: {name}={value!r} must be an int >= 0")
+        rng = state_dict.get(_RNG_KEY)
+        for name in ("epoch_rng", _RNG_KEY):
+            _check_generator_states(name, state_dict.get(name))
         self._epoch = epoch
+        if rng is not None:
+            self._set_generator_states(rng)
         seed = state_dict["sampler_seed"]
         if seed is not None:
             for sampler in self._samplers:
@@ -175,6 +200,24 @@ class FabricDataLoader:
 
 
 _END = object()
+
+
+def _check_generator_states(name: str, states: Any) -> None:
+    """``states`` is None or what ``FabricDataLoader._generator_states`` returns; raise ValueError otherwise."""
+    if states is None:
+        return
+    valid = (
+        isinstance(states, dict)
+        and isinstance(states.get("torch"), torch.Tensor)
+        and states["torch"].dtype == torch.uint8
+        and isinstance(states.get("generators"), (list, tuple))
+        and all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8 for g in states["generators"])
+    )
+    if not valid:
+        raise ValueError(
+            f"Invalid dataloader state: {name}={reprlib.repr(states)} must be None or a dict with 'torch' (a uint8"
+            " tensor, the state of torch's default generator) and 'generators' (a list of uint8 generator states)"
+        )
 
 
 def _epoch_aware_samplers(loader: Any) -> list[Any]:

@@ -93,22 +93,69 @@ def test_only_the_given_options_reach_the_processes(script: Path) -> None:
         "FABRIC_PRECISION": "bf16-mixed",
     }
     assert (full.processes_per_node, full.num_nodes, full.main_port) == (3, 2, 29400)
-    assert 1 <= config(str(script)).main_port <= 65535
+    assert config(str(script)).main_port == 0  # one node: the rendezvous takes any free port
 
 
-def test_torchrun_arguments(script: Path) -> None:
-    arguments = torchrun_arguments(config(str(script), "--fast", devices="2", main_port=1234, max_restarts=3))
-    assert arguments[:6] == [
+def test_torchrun_arguments_use_a_c10d_rendezvous_hosted_by_node_0(script: Path) -> None:
+    run_config = config(str(script), "--fast", devices="2", main_port=1234, max_restarts=3)
+    arguments = torchrun_arguments(run_config)
+    assert arguments[:8] == [
         "--nproc-per-node=2",
         "--nnodes=1",
-        "--node-rank=0",
-        "--master-addr=127.0.0.1",
-        "--master-port=1234",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=127.0.0.1:1234",
+        f"--rdzv-id={run_config.rendezvous_id}",
+        "--rdzv-conf=is_host=true",
         "--max-restarts=3",
+        "--local-addr=127.0.0.1",
     ]
-    assert arguments[6:] == [str(script), "--fast"]
+    assert arguments[8:] == [str(script), "--fast"]
+    assert not any(a.startswith(("--master-", "--node-rank")) for a in arguments)  # static rendezvous options
     module = torchrun_arguments(config("--x", module="pkg.train", devices="2"))
     assert module[-3:] == ["--module", "pkg.train", "--x"]
+    assert "--rdzv-endpoint=127.0.0.1:0" in module
+
+
+def test_every_single_node_run_has_its_own_rendezvous_id(script: Path) -> None:
+    ids = {config(str(script)).rendezvous_id for _ in range(3)}
+    assert len(ids) == 3
+
+
+@pytest.mark.parametrize("node_rank", [0, 1, 2])
+def test_the_nodes_of_a_job_share_the_rendezvous_and_only_node_0_hosts_it(script: Path, node_rank: int) -> None:
+    options = {"accelerator": "cpu", "devices": "2", "num_nodes": 3, "main_address": "10.1.2.3"}
+    arguments = torchrun_arguments(config(str(script), node_rank=node_rank, **options))
+    assert "--nnodes=3" in arguments
+    assert "--rdzv-endpoint=10.1.2.3:29400" in arguments
+    assert "--rdzv-id=fabric-run-29400" in arguments  # derived alike on every node
+    assert f"--rdzv-conf=is_host={'true' if node_rank == 0 else 'false'}" in arguments
+    assert ("--local-addr=10.1.2.3" in arguments) == (node_rank == 0)
+    other_port = torchrun_arguments(config(str(script), node_rank=node_rank, main_port=4000, **options))
+    assert "--rdzv-id=fabric-run-4000" in other_port
+
+
+def test_an_ipv6_main_address_is_bracketed(script: Path) -> None:
+    arguments = torchrun_arguments(config(str(script), main_address="::1", main_port=1234))
+    assert "--rdzv-endpoint=[::1]:1234" in arguments
+    arguments = torchrun_arguments(config(str(script), main_address="[::1]", main_port=1234))
+    assert "--rdzv-endpoint=[::1]:1234" in arguments
+
+
+def test_torchrun_accepts_the_arguments(script: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun's own parser and configuration read them as a c10d rendezvous (nothing is started)."""
+    from torch.distributed.run import config_from_args, get_args_parser
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun would set it for 2 processes
+
+    run_config = config(str(script), "--fast", devices="2", main_port=1234, max_restarts=2, node_rank=0, num_nodes=2)
+    launch_config, _, command_args = config_from_args(get_args_parser().parse_args(torchrun_arguments(run_config)))
+    assert (launch_config.rdzv_backend, launch_config.rdzv_endpoint) == ("c10d", "127.0.0.1:1234")
+    assert (launch_config.min_nodes, launch_config.max_nodes, launch_config.nproc_per_node) == (2, 2, 2)
+    assert launch_config.run_id == run_config.rendezvous_id
+    assert launch_config.rdzv_configs["is_host"] == "true"
+    assert launch_config.max_restarts == 2
+    assert launch_config.local_addr == "127.0.0.1"
+    assert command_args[-2:] == [str(script), "--fast"]
 
 
 def test_dp_runs_one_process_per_node(script: Path) -> None:
@@ -184,6 +231,49 @@ def test_max_restarts_restarts_the_processes(tmp_path: Path) -> None:
     assert result.returncode == 3
     assert "fabric run: rank 1" in result.stderr
     assert "exit code 3" in result.stderr
+
+
+PROCESS_GROUP_RESTART_SCRIPT = textwrap.dedent(
+    """
+    import os, time
+    from datetime import timedelta
+    import torch, torch.distributed as dist
+
+    rank, attempt = int(os.environ["RANK"]), os.environ["TORCHELASTIC_RESTART_COUNT"]
+    address, port = os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://{address}:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=30)
+    )
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    print(f"attempt {attempt} rank {rank} port {port} sum {int(total.item())}", flush=True)
+    if attempt == "0":
+        if rank == 1:
+            raise SystemExit(3)  # the process group of this attempt is up: its addresses are in the store
+        time.sleep(60)  # rank 0 stays in it until the launcher stops it
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_restarted_processes_form_their_process_group_in_a_fresh_store(tmp_path: Path) -> None:
+    """The second attempt's gloo group connects (a store shared with the failed attempt would hand it the dead
+    processes' addresses) because its MASTER_PORT is a new store's."""
+    script = tmp_path / "pg_restart.py"
+    script.write_text(PROCESS_GROUP_RESTART_SCRIPT)
+    result = fabric("run", "--accelerator", "cpu", "--devices", "2", "--max-restarts", "1", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ports = {}
+    for attempt in ("0", "1"):
+        for rank in (0, 1):
+            prefix = f"attempt {attempt} rank {rank} "
+            line = next((x for x in result.stdout.splitlines() if x.startswith(prefix)), None)
+            assert line is not None, f"no line {prefix!r} in:\n{result.stdout}"
+            assert line.endswith(" sum 2"), line
+            ports[attempt, rank] = line.split(" port ")[1].split()[0]
+    assert ports["0", 0] == ports["0", 1]
+    assert ports["1", 0] == ports["1", 1]
+    assert ports["0", 0] != ports["1", 0]
 
 
 def test_the_installed_executable_reports_usage_errors_in_one_line(tmp_path: Path) -> None:

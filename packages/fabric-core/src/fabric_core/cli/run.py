@@ -5,12 +5,20 @@ The choices reach ``Fabric()`` in each process through ``FABRIC_ACCELERATOR``, `
 set). The processes are started by ``torch.distributed.run`` (torchrun), so ``--max-restarts`` restarts every
 process of the node when one fails, and a failing process stops the others. Unless ``OMP_NUM_THREADS`` is set, each
 process gets an equal share of the node's cores.
+
+Rendezvous. torchrun's ``c10d`` rendezvous runs on ``--main-address:--main-port``, hosted by the node with
+``--node-rank 0`` (on one node without ``--main-port``: on a free port). Every attempt of the job (the first one and
+each restart) forms a new round of it, and fabric asks torchrun (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``) to give
+each attempt's processes a store of their own: ``MASTER_ADDR``/``MASTER_PORT`` point at a store that process rank 0
+of that attempt hosts on a fresh port, so restarted processes never read the addresses of the processes of a
+failed attempt. The rendezvous numbers the nodes (``GROUP_RANK``); ``--node-rank`` says which node hosts it.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +37,8 @@ from fabric_core.connector import (
 
 #: the main port used for multi-node runs when --main-port is not given (single-node runs pick a free port)
 DEFAULT_MULTI_NODE_PORT = 29400
+#: set for torchrun unless the user set it: each attempt's processes get a fresh store (see the module docstring)
+NO_SHARED_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,9 +52,10 @@ class RunConfig:
     num_nodes: int
     node_rank: int
     main_address: str
-    main_port: int
+    main_port: int  # 0: any free port (one node, --main-port not given)
     max_restarts: int
     environment: dict[str, str]
+    rendezvous_id: str  # the same on every node of a job
 
 
 def _bad(param: str, message: str) -> click.BadParameter:
@@ -61,7 +72,13 @@ def _bad(param: str, message: str) -> click.BadParameter:
 @click.option("--strategy", default=None, help="auto, ddp, fsdp, deepspeed, ... (any registered strategy).")
 @click.option("--devices", default=None, help='Devices per node: "auto", a count, -1 (all) or indices "0,1".')
 @click.option("--num-nodes", type=click.IntRange(min=1), default=None, help="Number of machines.")
-@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True, help="This machine's rank.")
+@click.option(
+    "--node-rank",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="This machine's rank; node 0 hosts the rendezvous.",
+)
 @click.option("--main-address", default="127.0.0.1", show_default=True, help="Address of the node with rank 0.")
 @click.option(
     "--main-port",
@@ -127,6 +144,7 @@ def build_run_config(
         main_port=main_port if main_port is not None else _default_port(nodes),
         max_restarts=max_restarts,
         environment={name: value for name, value in given.items() if value is not None},
+        rendezvous_id=_rendezvous_id(nodes, main_port),
     )
 
 
@@ -170,25 +188,39 @@ def _resolve(
 
 
 def _default_port(num_nodes: int) -> int:
-    if num_nodes > 1:
-        return DEFAULT_MULTI_NODE_PORT
-    import socket
+    """The rendezvous port when --main-port is not given: fixed for several nodes, any free one (0) on one node."""
+    return DEFAULT_MULTI_NODE_PORT if num_nodes > 1 else 0
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+
+def _rendezvous_id(num_nodes: int, main_port: int | None) -> str:
+    """An id for the job's rendezvous: every node of a multi-node job derives the same one from the main port."""
+    if num_nodes > 1:
+        return f"fabric-run-{main_port if main_port is not None else DEFAULT_MULTI_NODE_PORT}"
+    return f"fabric-run-{uuid.uuid4().hex}"
+
+
+def _endpoint(address: str, port: int) -> str:
+    """``address:port``, with an IPv6 address in brackets."""
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    return f"{address}:{port}"
 
 
 def torchrun_arguments(config: RunConfig) -> list[str]:
-    """The ``torch.distributed.run`` command line for ``config``."""
+    """The ``torch.distributed.run`` command line for ``config``: a ``c10d`` rendezvous hosted by node 0."""
+    is_host = config.node_rank == 0
     args = [
         f"--nproc-per-node={config.processes_per_node}",
         f"--nnodes={config.num_nodes}",
-        f"--node-rank={config.node_rank}",
-        f"--master-addr={config.main_address}",
-        f"--master-port={config.main_port}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={_endpoint(config.main_address, config.main_port)}",
+        f"--rdzv-id={config.rendezvous_id}",
+        f"--rdzv-conf=is_host={str(is_host).lower()}",
         f"--max-restarts={config.max_restarts}",
     ]
+    if is_host:
+        # the address the processes of this node are reached at (MASTER_ADDR when it gets rendezvous rank 0)
+        args.append(f"--local-addr={config.main_address}")
     if config.is_module:
         args.append("--module")
     return [*args, config.target, *config.script_args]
@@ -201,6 +233,7 @@ def launch(config: RunConfig) -> int:
     from torch.distributed.run import run as torchrun
 
     os.environ.update(config.environment)
+    os.environ.setdefault(NO_SHARED_STORE_ENV, "1")
     if "OMP_NUM_THREADS" not in os.environ:
         # share the cores between the processes of this node (torchrun would pick 1 and warn about it)
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // config.processes_per_node))
