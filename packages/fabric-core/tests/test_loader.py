@@ -107,9 +107,14 @@ def resume(
     checkpoint = torch.load(buffer, weights_only=True)
     loader.load_state_dict(checkpoint["loader"])
     torch.set_rng_state(checkpoint["rng"])
+    return run_epochs(loader, epochs - start_epoch)
+
+
+def run_epochs(loader: FabricDataLoader, epochs: int) -> tuple[list[list[int]], list[float]]:
+    """The batches of ``epochs`` epochs and one random draw per step (what a training loop's dropout would take)."""
     batches: list[list[int]] = []
     draws: list[float] = []
-    for _ in range(start_epoch, epochs):
+    for _ in range(epochs):
         for batch in loader:
             batches.append(ids(batch))
             draws.append(float(torch.rand(1)))
@@ -168,13 +173,7 @@ def resume_without_restoring_rng(
     torch.manual_seed(seed)
     loader = make_loader()
     loader.load_state_dict(through_a_file(state))
-    batches: list[list[int]] = []
-    draws: list[float] = []
-    for _ in range(start_epoch, epochs):
-        for batch in loader:
-            batches.append(ids(batch))
-            draws.append(float(torch.rand(1)))
-    return batches, draws
+    return run_epochs(loader, epochs - start_epoch)
 
 
 @pytest.mark.parametrize("make_loader", [shuffled, shuffled_with_generator, custom_sampler, with_workers, distributed])
