@@ -50,13 +50,14 @@ TRAIN_CONFIGS = [
     ("convnet", "32-true", 2, "fabric"),
     ("mlp", "32-true", 1, "raw"),
     ("convnet", "32-true", 1, "raw"),
+    ("mlp", "32-true", 2, "raw"),
 ]
 # repetitions per side: (full, quick)
 REPS = {
-    "train": (2, 1),
+    "train": (6, 1),
     "import": (10, 5),
     "launch": (3, 1),
-    "checkpoint": (5, 3),
+    "checkpoint": (9, 3),
     "sharded": (3, 2),
     "profile": (1, 1),
     "cuda": (3, 2),

@@ -80,6 +80,32 @@ def test_mixed_precision_forward_converts_inputs_and_outputs() -> None:
     assert out.dtype == torch.float32  # back to the default dtype
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_replacing_the_forward_module_routes_calls_to_the_new_one(precision: str) -> None:
+    model = TinyMLP()
+    wrapped = FabricModule(Counting(model), precision_plugin(precision), original_module=model)
+    replacement = Counting(model)
+    wrapped._forward_module = replacement
+    assert wrapped.forward_module is replacement
+    assert dict(wrapped.named_children())["_forward_module"] is replacement
+    out = wrapped(torch.randn(2, 32))
+    assert replacement.calls == 1
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_deepcopy_of_a_wrapped_module_calls_its_own_copy(precision: str) -> None:
+    import copy
+
+    model = TinyMLP()
+    wrapped = FabricModule(Counting(model), precision_plugin(precision), original_module=model)
+    clone = copy.deepcopy(wrapped)
+    clone(torch.randn(2, 32))
+    assert clone.forward_module.calls == 1
+    assert wrapped.forward_module.calls == 0
+    assert clone.forward_module is dict(clone.named_children())["_forward_module"]
+
+
 def test_half_true_precision_converts_float_inputs_only() -> None:
     precision = precision_plugin("bf16-true")
     model = precision.convert_module(TinyMLP())

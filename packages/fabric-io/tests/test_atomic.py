@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import signal
 import stat
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,3 +114,105 @@ def test_a_process_killed_mid_save_leaves_a_complete_file(tmp_path: Path, delay:
     checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["step"] >= 3
     assert torch.equal(checkpoint["w"], torch.full((2_000_000,), float(checkpoint["step"])))
+
+
+def _fsynced_inodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the inode of every ``os.fsync`` call (the real fsync still runs)."""
+    seen: list[int] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        seen.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return seen
+
+
+def test_fsync_is_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _fsynced_inodes(monkeypatch)
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"step": 1}, path)
+    assert seen == []  # like torch.save: the OS writes the data back in its own time
+    atomic_save({"step": 2}, path, fsync=True)
+    # the new file's data (the temporary file, now renamed: same inode), then the directory entry of the rename
+    assert seen == [os.stat(path).st_ino, os.stat(tmp_path).st_ino]
+    assert torch.load(path, weights_only=True) == {"step": 2}
+    with pytest.raises(TypeError, match=r"fsync=\.\.\.\) must be True or False, got 'yes'"):
+        atomic_save({"step": 3}, path, fsync="yes")  # type: ignore[arg-type]
+    assert torch.load(path, weights_only=True) == {"step": 2}
+
+
+def _temporary(directory: Path, target: str) -> Path:
+    return directory / f".{target}.{uuid.uuid4().hex}.tmp"
+
+
+def test_a_successful_save_removes_stale_temporary_files_of_its_target_only(tmp_path: Path) -> None:
+    stale = [_temporary(tmp_path, "ckpt.pt") for _ in range(2)]
+    unrelated = [
+        _temporary(tmp_path, "other.pt"),  # another target's
+        tmp_path / f".ckpt.pt.{uuid.uuid4().hex[:31]}.tmp",  # not 32 hex digits
+        tmp_path / f".ckpt.pt.{uuid.uuid4().hex.upper()}.tmp",  # uuid4().hex is lower case
+        tmp_path / f"ckpt.pt.{uuid.uuid4().hex}.tmp",  # no leading dot
+        tmp_path / f".ckpt.pt.{uuid.uuid4().hex}.tmp.bak",
+    ]
+    for file in stale + unrelated:
+        file.write_bytes(b"partial")
+    a_directory = _temporary(tmp_path, "ckpt.pt")
+    a_directory.mkdir()
+    in_progress = _temporary(tmp_path, "ckpt.pt")  # another process writing right now: newer than this save
+    in_progress.write_bytes(b"partial")
+    past, future = time.time() - 3600, time.time() + 3600
+    for file in [*stale, *unrelated, a_directory]:
+        os.utime(file, (past, past))
+    os.utime(in_progress, (future, future))
+
+    atomic_save({"step": 1}, tmp_path / "ckpt.pt")
+    remaining = set(os.listdir(tmp_path))
+    assert not remaining & {f.name for f in stale}
+    assert remaining == {"ckpt.pt", a_directory.name, in_progress.name, *(f.name for f in unrelated)}
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    from fabric_io import atomic_save
+
+    class KillWhilePickled:
+        def __reduce__(self):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    atomic_save({"w": torch.ones(1_000_000), "crash": KillWhilePickled()}, sys.argv[1])
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_the_temporary_file_of_a_killed_save_is_removed_by_the_next_save(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"step": 1}, path)
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)], capture_output=True, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    leftovers = [name for name in os.listdir(tmp_path) if name != "ckpt.pt"]
+    assert len(leftovers) == 1
+    assert re.fullmatch(r"\.ckpt\.pt\.[0-9a-f]{32}\.tmp", leftovers[0])
+    assert torch.load(path, weights_only=True) == {"step": 1}  # the killed save changed nothing
+    time.sleep(0.05)  # the leftover must be older than the next save on the filesystem's (coarse) clock
+    atomic_save({"step": 2}, path)
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+    assert torch.load(path, weights_only=True) == {"step": 2}
+
+
+def _torch_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def test_replacing_a_larger_or_smaller_file_writes_exactly_what_torch_save_writes(tmp_path: Path) -> None:
+    """The space of the new file is reserved from the old file's size (Linux); the file is cut to its real size."""
+    path = tmp_path / "ckpt.pt"
+    for obj in ({"w": torch.arange(300_000.0)}, {"step": 1}, {"w": torch.ones(600_000)}, {"w": torch.ones(10)}):
+        atomic_save(obj, path)
+        assert path.read_bytes() == _torch_bytes(obj)
+        assert os.listdir(tmp_path) == ["ckpt.pt"]

@@ -137,3 +137,28 @@ def test_repr_hides_option_values() -> None:
     assert repr(secret) == "TorchCheckpointIO(storage_options=<key, secret>)"
     assert secret.storage_options == {"key": "AKIA", "secret": "hunter2"}
     assert isinstance(secret, CheckpointIO)
+
+
+def test_fsync_option_reaches_every_local_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = tmp_path / "ckpt.pt"
+    plain = TorchCheckpointIO()
+    assert plain.fsync is False
+    plain.save_checkpoint({"step": 1}, path)
+    assert synced == []
+    durable = TorchCheckpointIO(fsync=True)
+    assert durable.fsync is True
+    assert repr(durable) == "TorchCheckpointIO(fsync=True)"
+    assert repr(TorchCheckpointIO({"key": "k"}, fsync=True)) == "TorchCheckpointIO(storage_options=<key>, fsync=True)"
+    durable.save_checkpoint({"step": 2}, path)
+    assert synced == [os.stat(path).st_ino, os.stat(tmp_path).st_ino]
+    assert durable.load_checkpoint(path) == {"step": 2}
+    with pytest.raises(TypeError, match=r"TorchCheckpointIO\(fsync=\.\.\.\) must be True or False, got 1"):
+        TorchCheckpointIO(fsync=1)  # type: ignore[arg-type]

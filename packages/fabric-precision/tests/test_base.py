@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +19,7 @@ from fabric_precision.base import (
     output_dtype,
     replace_submodule,
 )
+from fabric_utils import apply_to_collection
 
 
 def test_base_is_32_true_and_needs_nothing_on_the_hot_path() -> None:
@@ -112,3 +117,79 @@ def test_replace_submodule_nested_and_top_level() -> None:
     replace_submodule(root, "0", nn.Tanh())
     assert isinstance(root[1][1], nn.Identity)
     assert isinstance(root[0], nn.Tanh)
+
+
+class _Pair(NamedTuple):
+    a: Any
+    b: Any
+
+
+@dataclasses.dataclass
+class _Box:
+    value: Any
+    label: str = "box"
+
+
+def _reference_convert(data: Any, dtype: torch.dtype) -> Any:
+    """What ``convert_floating_tensors`` did before its fast path: the general ``apply_to_collection`` walk."""
+
+    def convert(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(dtype) if torch.is_floating_point(tensor) and tensor.dtype != dtype else tensor
+
+    return apply_to_collection(data, torch.Tensor, convert)
+
+
+def _assert_same_result(actual: Any, expected: Any, original: Any) -> None:
+    """Same types at every level, equal tensors (dtype included), and untouched tensors are the input's objects."""
+    assert type(actual) is type(expected)
+    if isinstance(expected, torch.Tensor):
+        assert actual.dtype == expected.dtype
+        assert torch.equal(actual, expected)
+        assert actual.requires_grad == expected.requires_grad
+        assert (actual is original) == (expected is original)
+    elif isinstance(expected, dict):
+        assert list(actual) == list(expected)
+        for key in expected:
+            _assert_same_result(actual[key], expected[key], original[key])
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected)
+        for a, e, o in zip(actual, expected, original):
+            _assert_same_result(a, e, o)
+    elif isinstance(expected, _Box):
+        assert actual is not original
+        _assert_same_result(actual.value, expected.value, original.value)
+    else:
+        assert actual == expected
+
+
+_CASES = {
+    "float32 tensor": lambda: torch.randn(3),
+    "float64 tensor": lambda: torch.randn(3, dtype=torch.float64),
+    "bfloat16 tensor": lambda: torch.randn(3).bfloat16(),
+    "int tensor": lambda: torch.arange(3),
+    "parameter": lambda: nn.Parameter(torch.randn(2)),
+    "forward args": lambda: ((torch.randn(2), torch.arange(2)), {"mask": torch.randn(2, dtype=torch.float64)}),
+    "empty args": lambda: ((), {}),
+    "list": lambda: [torch.randn(2).half(), None, 3, 2.5, "s", b"b", 1j, True],
+    "nested": lambda: {"a": [(torch.randn(2, dtype=torch.float64),)], "b": {"c": torch.randn(1)}},
+    "namedtuple": lambda: _Pair(torch.randn(2).bfloat16(), [torch.randn(1)]),
+    "ordered dict": lambda: OrderedDict(x=torch.randn(2).half(), y=1),
+    "dataclass": lambda: _Box(torch.randn(2).half()),
+    "set": lambda: {1, 2},
+    "tuple inside a dataclass inside a tuple": lambda: (_Box((torch.randn(1).half(), 1)),),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("case", list(_CASES))
+def test_convert_floating_tensors_matches_the_general_walk(case: str, dtype: torch.dtype) -> None:
+    data = _CASES[case]()
+    _assert_same_result(convert_floating_tensors(data, dtype), _reference_convert(data, dtype), data)
+
+
+def test_convert_floating_tensors_keeps_the_autograd_graph() -> None:
+    weight = torch.randn(3, requires_grad=True)
+    ((converted,), _) = convert_floating_tensors((((weight * 2).bfloat16(),), {}), torch.float32)
+    assert converted.dtype == torch.float32
+    converted.sum().backward()
+    assert torch.equal(weight.grad, torch.full((3,), 2.0))

@@ -20,7 +20,17 @@ from fabric_strategies import Strategy
 
 # attributes that live on the FabricModule itself; everything else is read from / written to the original module
 _MODULE_OWN = frozenset(
-    {"_original_module", "_precision", "_call", "_forward_methods", "_needs_input", "_needs_context", "_needs_output"}
+    {
+        "_original_module",
+        "_precision",
+        "_call",
+        "_plain",
+        "_forward_target",
+        "_forward_methods",
+        "_needs_input",
+        "_needs_context",
+        "_needs_output",
+    }
 )
 
 
@@ -42,27 +52,37 @@ class FabricModule(nn.Module):
         own["_needs_input"] = precision.needs_input_conversion
         own["_needs_context"] = precision.needs_forward_context
         own["_needs_output"] = precision.needs_output_conversion
-        plain = not (self._needs_input or self._needs_context or self._needs_output)
+        self._bind(forward_module)
+
+    def _bind(self, forward_module: nn.Module) -> None:
+        """Point the per-call attributes at ``forward_module`` (kept in the instance ``__dict__``, where reading
+        them costs no ``nn.Module.__getattr__`` call; the registered submodule ``_forward_module`` is the same)."""
+        own = self.__dict__
+        own["_forward_target"] = forward_module
+        plain = not (own["_needs_input"] or own["_needs_context"] or own["_needs_output"])
+        own["_plain"] = plain
         own["_call"] = forward_module if plain else self._forward_with_precision
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(*args, **kwargs)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(*args, **kwargs)
-
     def _forward_with_precision(self, *args: Any, **kwargs: Any) -> Any:
+        if self._plain:
+            return self._forward_target(*args, **kwargs)
         precision = self._precision
         if self._needs_input:
             args, kwargs = precision.convert_input((args, kwargs))
         if self._needs_context:
             with precision.forward_context():
-                output = self._forward_module(*args, **kwargs)
+                output = self._forward_target(*args, **kwargs)
         else:
-            output = self._forward_module(*args, **kwargs)
+            output = self._forward_target(*args, **kwargs)
         if self._needs_output:
             output = precision.convert_output(output)
         return output
+
+    # calling the module runs the function above directly: no Python call in between (this is every forward)
+    __call__ = _forward_with_precision
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
 
     @property
     def module(self) -> nn.Module:
@@ -72,7 +92,7 @@ class FabricModule(nn.Module):
     @property
     def forward_module(self) -> nn.Module:
         """The module forward calls go through (the strategy's wrapper, e.g. ``DistributedDataParallel``)."""
-        return self._forward_module  # type: ignore[return-value]
+        return self._forward_target  # type: ignore[no-any-return]
 
     # -- marked methods -------------------------------------------------------------------------------------------
     def mark_forward_method(self, method: str | Callable[..., Any]) -> None:
@@ -133,7 +153,12 @@ class FabricModule(nn.Module):
 
     def __setattr__(self, name: str, value: Any) -> None:
         own = self.__dict__
-        if "_call" not in own or name in own or name in _MODULE_OWN or name == "_forward_module":
+        if name == "_forward_module":
+            super().__setattr__(name, value)
+            if "_needs_output" in own:  # replaced after __init__: calls go to the new module
+                self._bind(value)
+            return
+        if "_call" not in own or name in own or name in _MODULE_OWN:
             super().__setattr__(name, value)
             return
         setattr(own["_original_module"], name, value)
@@ -189,8 +214,10 @@ class FabricOptimizer(Optimizer):
         return self._optimizer  # type: ignore[no-any-return]
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        kwargs = {} if closure is None else {"closure": closure}
-        output = self._strategy.optimizer_step(self._optimizer, **kwargs)
+        if closure is None:
+            output = self._strategy.optimizer_step(self._optimizer)
+        else:
+            output = self._strategy.optimizer_step(self._optimizer, closure=closure)
         for hook in self._after_step:
             hook(strategy=self._strategy, optimizer=self._optimizer)
         return output

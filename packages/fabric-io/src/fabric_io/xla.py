@@ -20,12 +20,12 @@ class XLACheckpointIO(TorchCheckpointIO):
     instead of once per tensor, before the copies). Which rank writes is the strategy's decision, not this object's.
     """
 
-    def __init__(self, storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, storage_options: Mapping[str, Any] | None = None, *, fsync: bool = False) -> None:
         if not xla_available():
             raise MissingDependencyError(
                 f"XLACheckpointIO requires `torch_xla`, which is not installed. Run: {TORCH_XLA.install}"
             )
-        super().__init__(storage_options)
+        super().__init__(storage_options, fsync=fsync)
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: PathLike, storage_options: Any | None = None) -> None:
