@@ -246,7 +246,8 @@ PROCESS_GROUP_RESTART_SCRIPT = textwrap.dedent(
     )
     total = torch.ones(1)
     dist.all_reduce(total)
-    print(f"attempt {attempt} rank {rank} port {port} sum {int(total.item())}", flush=True)
+    with open(f"attempt{attempt}-rank{rank}.txt", "w") as f:  # a file per process: stdout lines can interleave
+        f.write(f"port {port} sum {int(total.item())}")
     if attempt == "0":
         if rank == 1:
             raise SystemExit(3)  # the process group of this attempt is up: its addresses are in the store
@@ -266,11 +267,11 @@ def test_restarted_processes_form_their_process_group_in_a_fresh_store(tmp_path:
     ports = {}
     for attempt in ("0", "1"):
         for rank in (0, 1):
-            prefix = f"attempt {attempt} rank {rank} "
-            line = next((x for x in result.stdout.splitlines() if x.startswith(prefix)), None)
-            assert line is not None, f"no line {prefix!r} in:\n{result.stdout}"
+            report = tmp_path / f"attempt{attempt}-rank{rank}.txt"
+            assert report.exists(), f"attempt {attempt} rank {rank} wrote nothing:\n{result.stdout}{result.stderr}"
+            line = report.read_text()
             assert line.endswith(" sum 2"), line
-            ports[attempt, rank] = line.split(" port ")[1].split()[0]
+            ports[attempt, rank] = line.split()[1]
     assert ports["0", 0] == ports["0", 1]
     assert ports["1", 0] == ports["1", 1]
     assert ports["0", 0] != ports["1", 0]
