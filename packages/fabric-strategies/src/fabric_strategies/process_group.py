@@ -10,6 +10,7 @@ from torch.distributed.constants import default_pg_timeout
 
 from fabric_environments import ClusterEnvironment
 from fabric_strategies.collectives.torch_collective import tcp_init_method
+from fabric_strategies.launchers.child_watch import report_failures_to_parent
 from fabric_strategies.teardown import register_exit_teardown
 
 #: torch's default (30 minutes); tests and impatient users pass a shorter ``timeout`` to the strategy
@@ -56,4 +57,5 @@ def init_process_group(
         **kwargs,  # type: ignore[arg-type]
     )
     register_exit_teardown()
+    report_failures_to_parent(environment.local_rank())  # only in a child of SubprocessScriptLauncher
     return True

@@ -11,7 +11,13 @@ import time
 
 import pytest
 
-from fabric_strategies.launchers.process_control import describe_exit_code, is_running, stop_processes
+from fabric_strategies.launchers.process_control import (
+    describe_end,
+    describe_exit_code,
+    is_exiting,
+    is_running,
+    stop_processes,
+)
 
 
 def test_exit_codes_read_like_what_happened():
@@ -19,6 +25,24 @@ def test_exit_codes_read_like_what_happened():
     assert describe_exit_code(-6) == "signal SIGABRT"
     assert describe_exit_code(-9) == "signal SIGKILL"
     assert describe_exit_code(None) == "still running"
+    assert describe_end(-9) == "was killed by SIGKILL"
+    assert describe_end(3) == "exited with exit code 3"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_is_exiting_tells_a_dead_unreaped_process_from_a_running_one():
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert not is_exiting(proc.pid)
+        assert proc.stdin is not None
+        proc.stdin.close()  # it ends now; nobody reaps it until proc.wait()
+        deadline = time.monotonic() + 30
+        while not is_exiting(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert is_exiting(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_stop_processes_terminates_then_kills_and_reaps():

@@ -113,7 +113,7 @@ def test_a_failing_child_stops_the_run_and_its_error_is_shown(tmp_path):
     )
     assert proc.returncode == 1
     assert "ValueError: boom from rank 1" in proc.stderr
-    assert "local rank 1 failed (exit code 1)" in proc.stderr
+    assert "local rank 1 failed first: it exited with exit code 1" in proc.stderr
     assert _is_gone(_read(tmp_path, 1)["pid"])
 
 

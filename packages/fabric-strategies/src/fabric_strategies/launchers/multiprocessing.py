@@ -6,17 +6,24 @@ import multiprocessing as mp
 import os
 import pickle
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from typing_extensions import override
 
 from fabric_strategies.launchers.base import Launcher
-from fabric_strategies.launchers.process_control import describe_exit_code, die_with_parent, stop_processes
+from fabric_strategies.launchers.process_control import die_with_parent, stop_processes
+from fabric_strategies.launchers.rank_watch import (
+    RankState,
+    describe_secondary,
+    describe_silent_failure,
+    watch,
+)
 from fabric_strategies.launchers.subprocess_script import process_variables
 from fabric_strategies.teardown import destroy_process_group_cleanly
 from fabric_utils import apply_to_collection, capture_rng_state, restore_rng_state
@@ -119,15 +126,17 @@ def _process_main(
         message: tuple[Any, ...] = ("ok", pickle.dumps(_to_cpu(result)) if local_rank == 0 else None)
     except SystemExit as err:
         failed = err.code not in (None, 0)
-        message = ("error", None, f"SystemExit: {err.code}") if failed else ("ok", None)
+        message = ("error", None, f"SystemExit: {err.code}", time.monotonic()) if failed else ("ok", None)
     except BaseException as err:
         failed = True
-        message = ("error", _pickled_exception(err), traceback.format_exc())
+        # the time (one monotonic clock for the whole machine) tells the launcher which process failed first
+        message = ("error", _pickled_exception(err), traceback.format_exc(), time.monotonic())
     try:
         conn.send_bytes(pickle.dumps(message))
     except Exception as err:  # e.g. a result that cannot be pickled
         failed = True
-        conn.send_bytes(pickle.dumps(("error", None, f"Could not send the result back: {err!r}")))
+        error = ("error", None, f"Could not send the result back: {err!r}", time.monotonic())
+        conn.send_bytes(pickle.dumps(error))
     finally:
         conn.close()
         destroy_process_group_cleanly()
@@ -138,10 +147,14 @@ def _process_main(
 class MultiprocessingLauncher(Launcher):
     """Starts one process per local device with ``multiprocessing`` (``spawn``, ``fork`` or ``forkserver``).
 
-    This process waits for them and returns what the function returned in the process of local rank 0 (tensors
-    moved to the CPU). When a process raises, the others are stopped and its exception is raised again here, with
-    the process's traceback attached as the cause. ``fork`` is refused once CUDA is initialised in this process.
-    With ``spawn``/``forkserver`` the function, its arguments and the strategy must be picklable.
+    This process waits for them (on their pipes and exit sentinels, without polling) and returns what the function
+    returned in the process of local rank 0 (tensors moved to the CPU). When a process fails, the others are
+    stopped at once (SIGTERM, then SIGKILL after a few seconds: they may be stuck in a collective) and the FIRST
+    failure is raised here: the process's own exception, with its traceback attached as the cause, or a
+    ``ProcessFailedError`` saying how it ended (e.g. killed by SIGKILL); the other processes' failures, usually
+    consequences of the first, are mentioned in a note. Once every process has finished its work, each must exit
+    within ``join_timeout`` seconds. ``fork`` is refused once CUDA is initialised in this process. With
+    ``spawn``/``forkserver`` the function, its arguments and the strategy must be picklable.
     """
 
     def __init__(self, strategy: ParallelStrategy, start_method: StartMethod = "spawn", *, join_timeout: float = 60.0):
@@ -183,57 +196,55 @@ class MultiprocessingLauncher(Launcher):
                 process.start()
                 writer.close()
                 processes[rank], readers[rank] = process, reader
-            outcomes = self._collect(processes, readers)
+            states = self._collect(processes, readers)
         finally:
             for reader in readers.values():
                 reader.close()
             stop_processes(list(processes.values()))
-        return self._result(outcomes, processes)
+        return self._result(states)
 
-    def _collect(self, processes: dict[int, Any], readers: dict[int, Connection]) -> dict[int, tuple[Any, ...]]:
-        """Wait for a message (or an exit) from every process; stop at the first failure."""
-        outcomes: dict[int, tuple[Any, ...]] = {}
-        while len(outcomes) < len(processes):
-            pending = [rank for rank in processes if rank not in outcomes]
-            wait([readers[r] for r in pending] + [processes[r].sentinel for r in pending])
-            for rank in pending:
-                outcome = self._poll(rank, processes[rank], readers[rank])
-                if outcome is not None:
-                    outcomes[rank] = outcome
-            if any(outcome[0] != "ok" for outcome in outcomes.values()):
-                return outcomes
-        for rank, process in processes.items():
-            process.join(self.join_timeout)
-            if process.exitcode != 0:
-                outcomes[rank] = ("exit", process.exitcode)
-                return outcomes
-        return outcomes
+    def _collect(self, processes: dict[int, Any], readers: dict[int, Connection]) -> list[RankState]:
+        """Wait until every process ended well, or one failed; then the others are stopped (within a few seconds)."""
+        states = [RankState(rank, processes[rank], readers[rank]) for rank in sorted(processes)]
+        first = watch(states, self.join_timeout)
+        if first is not None:
+            self._raise_failure(first, states)
+        return states
+
+    def _raise_failure(self, first: RankState, states: list[RankState]) -> None:
+        """Raise the first failure: the process's own exception (its traceback as the cause) or a description."""
+        others = [line for state in states if state is not first and (line := describe_secondary(state))]
+        note = ("Other processes, probably as a consequence: " + "; ".join(others)) if others else ""
+        rank = first.rank
+        if first.reported_error:
+            _, payload, text, _ = first.message  # type: ignore[misc]
+            err = _unpickle_exception(payload)
+            if err is not None:
+                _add_note(err, f"(raised in the process of local rank {rank}, the first to fail)")
+                _add_note(err, note)
+                raise err from RemoteTraceback(f"\n\nTraceback of local rank {rank}:\n{text}")
+            reason = text
+        else:
+            reason = describe_silent_failure(first, self.join_timeout)
+        raise ProcessFailedError(rank, f"{reason}\n{note}" if note else reason)
 
     @staticmethod
-    def _poll(rank: int, process: Any, reader: Connection) -> tuple[Any, ...] | None:
-        if reader.poll():
-            try:
-                return tuple(pickle.loads(reader.recv_bytes()))
-            except EOFError:
-                process.join(5)
-                return ("exit", process.exitcode)
-        if process.exitcode is not None:
-            return ("exit", process.exitcode)
-        return None
-
-    def _result(self, outcomes: dict[int, tuple[Any, ...]], processes: dict[int, Any]) -> Any:
-        for rank, outcome in sorted(outcomes.items()):
-            if outcome[0] == "error":
-                _, payload, text = outcome
-                if payload is not None:
-                    err = pickle.loads(payload)
-                    if hasattr(err, "add_note"):
-                        err.add_note(f"(raised in the process of local rank {rank})")
-                    raise err from RemoteTraceback(f"\n\nTraceback of local rank {rank}:\n{text}")
-                raise ProcessFailedError(rank, text)
-            if outcome[0] == "exit" and outcome[1] is None:
-                raise ProcessFailedError(rank, f"it did not exit within {self.join_timeout}s after finishing its work.")
-            if outcome[0] == "exit":
-                raise ProcessFailedError(rank, f"it ended with {describe_exit_code(outcome[1])}; see its output above.")
-        payload = outcomes[0][1]
+    def _result(states: list[RankState]) -> Any:
+        payload = states[0].message[1]  # type: ignore[index]
         return None if payload is None else pickle.loads(payload)
+
+
+def _unpickle_exception(payload: bytes | None) -> BaseException | None:
+    if payload is None:
+        return None
+    try:
+        err = pickle.loads(payload)
+    except Exception:  # e.g. its class lives in a module this process cannot import
+        return None
+    return err if isinstance(err, BaseException) else None
+
+
+def _add_note(err: BaseException, note: str) -> None:
+    add_note = getattr(err, "add_note", None)  # Python >= 3.11
+    if note and add_note is not None:
+        add_note(note)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import wait
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
@@ -56,6 +57,48 @@ def describe_exit_code(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def describe_end(code: int | None) -> str:
+    """How a process ended, as a phrase: ``was killed by SIGKILL``, ``exited with exit code 1``."""
+    if code is None:
+        return "did not end"
+    if code < 0:
+        return f"was killed by {describe_exit_code(code).removeprefix('signal ')}"
+    return f"exited with {describe_exit_code(code)}"
+
+
+_PF_EXITING = 0x4  # task flag set once a process has begun to exit (include/linux/sched.h)
+
+
+def is_exiting(pid: int) -> bool:
+    """Whether process ``pid`` is ending or gone: a zombie, flagged as exiting, or not found (Linux ``/proc``).
+
+    A process that was killed can take a moment to close its files (its sentinel pipe) on a busy machine; this tells
+    that it is already dying. ``False`` where ``/proc`` is not available.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return sys.platform.startswith("linux")
+    except (OSError, IndexError):
+        return False
+    return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A file descriptor that becomes readable when process ``pid`` ends (Linux >= 5.3), else ``None``.
+
+    Waiting on it (``multiprocessing.connection.wait``, ``select``) wakes up at the exit itself, without polling.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return int(pidfd_open(pid))
+    except OSError:
+        return None
+
+
 def is_running(proc: Any) -> bool:
     """Whether a ``subprocess.Popen`` or ``multiprocessing.Process`` is still running."""
     if isinstance(proc, subprocess.Popen):
@@ -63,7 +106,10 @@ def is_running(proc: Any) -> bool:
     return bool(proc.is_alive())
 
 
-def stop_processes(processes: Sequence[Any], grace: float = 5.0) -> None:
+STOP_GRACE = 3.0
+
+
+def stop_processes(processes: Sequence[Any], grace: float = STOP_GRACE) -> None:
     """SIGTERM every process still running, wait up to ``grace`` seconds for them, then SIGKILL the rest.
 
     Accepts ``subprocess.Popen`` and ``multiprocessing.Process`` objects; every process is reaped afterwards.
@@ -85,7 +131,15 @@ def stop_processes(processes: Sequence[Any], grace: float = 5.0) -> None:
 
 
 def _wait(proc: Any, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``proc`` to end and reap it; whether it ended."""
     timeout = max(0.0, timeout)
+    pidfd = open_pidfd(proc.pid) if is_running(proc) else None
+    if pidfd is not None:  # readable at the exit itself, also while a grandchild holds the sentinel pipe open
+        try:
+            wait([pidfd], timeout)
+        finally:
+            os.close(pidfd)
+        return not is_running(proc)
     if isinstance(proc, subprocess.Popen):
         try:
             proc.wait(timeout=timeout)

@@ -6,7 +6,6 @@ import atexit
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +13,15 @@ from typing_extensions import override
 
 from fabric_environments import ClusterEnvironment
 from fabric_strategies.launchers.base import Launcher
+from fabric_strategies.launchers.child_watch import (
+    FAILURE_FD_VARIABLE,
+    ChildObserver,
+    exit_after_child_failure,
+    write_report,
+)
 from fabric_strategies.launchers.process_control import (
-    describe_exit_code,
+    describe_end,
+    is_exiting,
     parent_death_hook,
     stop_processes,
 )
@@ -66,63 +72,19 @@ def script_command() -> list[str]:
     return [sys.executable, *options, os.path.abspath(script), *args]
 
 
-class ChildObserver(threading.Thread):
-    """Polls the child processes; when one fails, stops the others and calls ``on_failure(local_rank, code)``."""
-
-    def __init__(
-        self,
-        processes: dict[int, subprocess.Popen[bytes]],
-        on_failure: Callable[[int, int], None],
-        poll_interval: float = 0.1,
-    ) -> None:
-        super().__init__(daemon=True, name="fabric-child-observer")
-        self.processes = processes
-        self.on_failure = on_failure
-        self.poll_interval = poll_interval
-        self.failure: tuple[int, int] | None = None
-        self._stop_event = threading.Event()
-
-    @override
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            codes = {rank: proc.poll() for rank, proc in self.processes.items()}
-            failed = [(rank, code) for rank, code in codes.items() if code not in (None, 0)]
-            if failed:
-                rank, code = failed[0]
-                self.failure = (rank, int(code))  # type: ignore[arg-type]
-                stop_processes(list(self.processes.values()))
-                self.on_failure(rank, int(code))  # type: ignore[arg-type]
-                return
-            if all(code == 0 for code in codes.values()):
-                return
-            self._stop_event.wait(self.poll_interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-
-def exit_after_child_failure(local_rank: int, code: int) -> None:
-    """Report a failed child and end this process at once with exit code 1 (it may be stuck in a collective)."""
-    sys.stderr.write(
-        f"\n[fabric] The process of local rank {local_rank} failed ({describe_exit_code(code)}); its error is shown"
-        " above. Every other process of the run was stopped.\n"
-    )
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            continue
-    os._exit(1)
-
-
 class SubprocessScriptLauncher(Launcher):
     """Starts local ranks 1..N-1 by running this process's script (or ``-m`` module) again; this process is rank 0.
 
     Each child gets ``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``, ``NODE_RANK``, ``LOCAL_RANK`` and ``RANK``. A
-    thread watches the children: when one fails, the others are stopped and this process exits with code 1 after
-    the failing rank's error. Children are killed by the kernel if this process dies (Linux), and at exit this
-    process waits for them (or stops them, if it is exiting because of an exception), so none is left behind.
-    Nothing is started when the cluster environment creates the processes itself.
+    thread watches the children (see ``child_watch``): when one fails (raises, or ends badly), the others are
+    stopped and this process exits with code 1 after naming the failing rank (it may be blocked in a collective with
+    the dead one). When this process fails with an uncaught exception, the children are stopped at exit (SIGTERM,
+    SIGKILL after a few seconds); if a child had raised or died before, that child is named as the first failure
+    (the exception here is then usually its consequence, e.g. "Connection closed by peer"). Children are killed by
+    the kernel if this process dies (Linux), and at a normal exit this process waits for them, so none is left
+    behind. Nothing is started when the cluster environment creates the processes itself. A child reports an
+    uncaught exception to this process once it joined the process group (``child_watch.report_failures_to_parent``).
+    ``on_child_failure(rank, code)`` replaces the default report-and-exit.
     """
 
     def __init__(
@@ -131,7 +93,7 @@ class SubprocessScriptLauncher(Launcher):
         num_processes: int,
         num_nodes: int,
         *,
-        on_child_failure: Callable[[int, int], None] = exit_after_child_failure,
+        on_child_failure: Callable[[int, int], None] | None = None,
     ) -> None:
         for name, value in (("num_processes", num_processes), ("num_nodes", num_nodes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -139,10 +101,12 @@ class SubprocessScriptLauncher(Launcher):
         self.cluster_environment = cluster_environment
         self.num_processes = num_processes
         self.num_nodes = num_nodes
-        self.on_child_failure = on_child_failure
+        self.on_child_failure = self._exit_after_child_failure if on_child_failure is None else on_child_failure
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.observer: ChildObserver | None = None
         self._main_failed = False
+        self._main_error = ""
+        self._failed_before_main: list[int] = []  # children that raised or died before this process's exception
 
     @property
     @override
@@ -163,12 +127,21 @@ class SubprocessScriptLauncher(Launcher):
             return
         command = script_command()
         hook = parent_death_hook(os.getpid())
-        for local_rank in range(1, self.num_processes):
-            variables = process_variables(self.cluster_environment, local_rank, self.num_processes, self.num_nodes)
-            self.procs[local_rank] = subprocess.Popen(
-                command, env={**os.environ, **variables}, cwd=os.getcwd(), preexec_fn=hook
-            )
-        self.observer = ChildObserver(self.procs, self.on_child_failure)
+        reports, report_writer = os.pipe()
+        try:
+            for local_rank in range(1, self.num_processes):
+                variables = process_variables(self.cluster_environment, local_rank, self.num_processes, self.num_nodes)
+                variables[FAILURE_FD_VARIABLE] = str(report_writer)
+                self.procs[local_rank] = subprocess.Popen(
+                    command,
+                    env={**os.environ, **variables},
+                    cwd=os.getcwd(),
+                    preexec_fn=hook,
+                    pass_fds=(report_writer,),
+                )
+        finally:
+            os.close(report_writer)
+        self.observer = ChildObserver(self.procs, self.on_child_failure, reports=reports)
         self.observer.start()
         self._watch_main_failure()
         atexit.register(self.finish)
@@ -177,24 +150,75 @@ class SubprocessScriptLauncher(Launcher):
         original = sys.excepthook
 
         def hook(*exc_info: Any) -> None:
-            self._main_failed = True
+            self._on_main_failure(exc_info[1])
             original(*exc_info)
 
         sys.excepthook = hook
 
+    def _on_main_failure(self, error: BaseException | None) -> None:
+        """This process is failing: claim the report, unless the observer reports a child's failure already (then
+        ``finish`` waits for the observer, which ends this process)."""
+        if self.observer is not None and not self.observer.claim():
+            return
+        self._main_failed = True
+        self._main_error = _one_line(error)
+        # a child's report, or its death, came before this exception (and usually caused it)
+        self._failed_before_main = [] if self.observer is None else self.observer.take_reports()
+        for rank, proc in self.procs.items():
+            code = proc.poll()
+            if (code is not None and code != 0) or (code is None and is_exiting(proc.pid)):
+                self._failed_before_main += [] if rank in self._failed_before_main else [rank]
+
     def finish(self) -> None:
         """Wait for the children (stop them if this process is failing); runs at exit, may be called earlier."""
+        observer = self.observer
         if self._main_failed:
-            if self.observer is not None:
-                self.observer.stop()
+            if observer is not None:
+                observer.stop()
+                observer.join(_REPORT_TIMEOUT)
+                observer.close()
             stop_processes(list(self.procs.values()))
+            self._report_main_failure()
             return
+        if observer is not None:
+            observer.join()  # until every child ended, or the observer handled a failure (bounded by then)
+            observer.close()
+            if observer.failure is not None:
+                return
         for proc in self.procs.values():
             proc.wait()
-        if self.observer is not None:
-            self.observer.join()
-            if self.observer.failure is not None:
-                return
         failed = [(rank, proc.returncode) for rank, proc in self.procs.items() if proc.returncode != 0]
         if failed:
             self.on_child_failure(*failed[0])
+
+    def _report_main_failure(self) -> None:
+        raised = [] if self.observer is None else self.observer.raised
+        # a child seen exiting at that moment may have ended well after all
+        failed = [rank for rank in self._failed_before_main if rank in raised or self.procs[rank].returncode != 0]
+        if failed:
+            rank = failed[0]
+            how = self._describe_child_failure(rank, self.procs[rank].returncode)
+            message = (
+                f"The process of local rank {rank} failed first: it {how} before this process (local rank 0) failed"
+                f" ({self._main_error}), which is probably a consequence."
+            )
+        else:
+            message = f"This process (local rank 0) failed first, with {self._main_error} (traceback above)."
+        write_report(f"{message} Every other process was stopped.")
+
+    def _describe_child_failure(self, rank: int, code: int | None) -> str:
+        raised = self.observer is not None and rank in self.observer.raised
+        return "raised an exception (its traceback is above)" if raised else describe_end(code)
+
+    def _exit_after_child_failure(self, local_rank: int, code: int) -> None:
+        exit_after_child_failure(
+            local_rank, code, raised=self.observer is not None and local_rank in self.observer.raised
+        )
+
+
+def _one_line(error: BaseException | None) -> str:
+    text = f"{type(error).__name__}: {error}".splitlines()[0] if error is not None else "an exception"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+_REPORT_TIMEOUT = 30.0  # stopping the others takes a few seconds; never wait forever for a report
