@@ -6,19 +6,15 @@ from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
-from torch.nn import Module
-from torch.optim import LBFGS, Optimizer
 from typing_extensions import override
 
+from fabric_precision._scaler import GradScalerHooks
 from fabric_precision.base import (
     _OUTER_DEFAULT_DTYPES,
     PRECISION_DTYPES,
-    Precision,
     check_choice,
     convert_floating_tensors,
 )
-from fabric_utils import Optimizable, Steppable
 
 MixedPrecisionName = Literal["16-mixed", "bf16-mixed"]
 MIXED_PRECISIONS: tuple[str, ...] = ("16-mixed", "bf16-mixed")
@@ -26,7 +22,7 @@ AutocastDeviceType = Literal["cpu", "cuda", "mps", "xpu", "hpu"]
 AUTOCAST_DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda", "mps", "xpu", "hpu")
 
 
-class MixedPrecision(Precision):
+class MixedPrecision(GradScalerHooks):
     """Automatic mixed precision: weights stay float32, the forward runs under ``torch.autocast``.
 
     With "16-mixed" a ``torch.amp.GradScaler`` scales the loss before backward, unscales the gradients before
@@ -81,55 +77,5 @@ class MixedPrecision(Precision):
         return convert_floating_tensors(data, outer[0] if outer else torch.get_default_dtype())
 
     @override
-    def pre_backward(self, tensor: Tensor, module: Module | None) -> Any:
-        if self.scaler is None:
-            return tensor
-        return self.scaler.scale(tensor)
-
-    @override
-    def optimizer_step(self, optimizer: Optimizable | Steppable, **kwargs: Any) -> Any:
-        if self.scaler is None:
-            return optimizer.step(**kwargs)
-        return scaled_step(self.scaler, optimizer, self.precision, **kwargs)
-
-    @override
-    def unscale_gradients(self, optimizer: Optimizer) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(optimizer)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        if self.scaler is None:
-            return {}
-        return self.scaler.state_dict()
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.scaler is not None:
-            self.scaler.load_state_dict(state_dict)
-
-    @override
     def __repr__(self) -> str:
         return f"{type(self).__name__}(precision={self.precision!r}, device_type={self.device_type!r})"
-
-
-def scaled_step(scaler: torch.amp.GradScaler, optimizer: Optimizable | Steppable, precision: str, **kwargs: Any) -> Any:
-    """Step through ``scaler`` (which skips the step when the gradients hold inf/NaN) and update its scale.
-
-    Returns what the optimizer's ``step`` returned, or ``None`` when the step was skipped.
-    """
-    if isinstance(optimizer, LBFGS):
-        raise TypeError(
-            f"precision={precision!r} does not support the LBFGS optimizer: its step re-evaluates the loss through a"
-            " closure, which a GradScaler cannot unscale. Use precision='bf16-mixed' or '32-true' with LBFGS."
-        )
-    if "closure" in kwargs and kwargs["closure"] is None:
-        kwargs = {key: value for key, value in kwargs.items() if key != "closure"}
-    if "closure" in kwargs:
-        raise TypeError(
-            f"precision={precision!r} does not support optimizer.step(closure=...): the GradScaler must see the"
-            " gradients before the step. Call backward yourself, then step without a closure."
-        )
-    result = scaler.step(optimizer, **kwargs)  # type: ignore[arg-type]
-    scaler.update()
-    return result
