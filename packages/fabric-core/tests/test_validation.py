@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fabric_core import Fabric
-from fabric_core.validation import check_bool, check_clip_arguments, check_norm_type, check_optional_bool
+from fabric_core.validation import check_bool, check_clip_arguments, check_optional_bool
 
 
 @pytest.mark.parametrize("value", ["yes", 1, 0, None, 1.0, [True]])
@@ -33,24 +33,6 @@ def test_check_bool_accepts_bools_and_the_optional_form_accepts_none() -> None:
         check_optional_bool("init_module", empty_init="yes")
     with pytest.raises(TypeError, match=r"move_to_device=0\)"):  # the second flag is checked too
         check_bool("setup_dataloaders", use_distributed_sampler=True, move_to_device=0)
-
-
-@pytest.mark.parametrize("norm_type", [1, 2.0, 0.5, 3, math.inf, "inf", "INF", " inf"])
-def test_norm_type_accepts_p_norm_orders_above_zero_and_infinity(norm_type: Any) -> None:
-    check_norm_type(norm_type)
-
-
-@pytest.mark.parametrize(
-    ("norm_type", "error"),
-    [
-        *[(value, ValueError) for value in (0, -1.0, -math.inf, math.nan, "fro", "-inf")],
-        *[(value, TypeError) for value in (None, True, [2.0])],
-    ],
-)
-def test_norm_type_refuses_what_is_no_norm(norm_type: Any, error: type[Exception]) -> None:
-    with pytest.raises(error) as info:
-        check_norm_type(norm_type)
-    assert f"norm_type={norm_type!r}" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -3,15 +3,10 @@ and what is accepted, before anything changes."""
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from fabric_utils import Logger
-
-#: strings ``norm_type`` accepts besides numbers (torch's name for the infinity norm)
-INFINITY_NORM_NAMES = ("inf",)
+from fabric_utils import Logger, check_clip_threshold, check_norm_type
 
 
 def check_bool(method: str, **flags: Any) -> None:
@@ -41,40 +36,11 @@ def check_clip_arguments(clip_val: Any, max_norm: Any, norm_type: Any, error_if_
             f" max_norm={max_norm!r}. Pass max_norm=... to clip the total norm, or clip_val=... to clamp each value."
         )
     if clip_val is not None:
-        check_clip_threshold("clip_val", clip_val, "each gradient value is clamped to [-clip_val, clip_val]")
+        check_clip_threshold("clip_val", clip_val, caller="fabric.clip_gradients")
     else:
-        check_clip_threshold("max_norm", max_norm, "the largest total norm the gradients may keep")
-    check_norm_type(norm_type)
+        check_clip_threshold("max_norm", max_norm, caller="fabric.clip_gradients")
+    check_norm_type(norm_type, caller="fabric.clip_gradients")
     check_bool("clip_gradients", error_if_nonfinite=error_if_nonfinite)
-
-
-def check_clip_threshold(name: str, value: Any, meaning: str) -> None:
-    """A clipping threshold is a finite number > 0; torch would flip (< 0) or erase (0) the gradients otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"fabric.clip_gradients({name}={value!r}) must be a number (int or float), got {type(value).__name__}"
-        )
-    if not (math.isfinite(float(value)) and float(value) > 0):
-        raise ValueError(
-            f"fabric.clip_gradients({name}={value!r}) is invalid: it must be a finite number > 0 ({meaning})"
-        )
-
-
-def check_norm_type(norm_type: Any) -> None:
-    """The order of the p-norm: a number > 0 (``float('inf')`` included) or ``'inf'``."""
-    if isinstance(norm_type, str):
-        if norm_type.strip().lower() in INFINITY_NORM_NAMES:
-            return
-    elif isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real):
-        raise TypeError(
-            f"fabric.clip_gradients(norm_type={norm_type!r}) must be a number or 'inf', got {type(norm_type).__name__}"
-        )
-    elif float(norm_type) > 0:  # NaN compares False
-        return
-    raise ValueError(
-        f"fabric.clip_gradients(norm_type={norm_type!r}) is invalid. Use the order of a p-norm > 0, such as 1.0 or"
-        " 2.0 (the default), or float('inf') / 'inf' for the largest absolute value."
-    )
 
 
 def check_loggers(loggers: Any) -> list[Logger]:

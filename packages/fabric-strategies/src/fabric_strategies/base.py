@@ -19,10 +19,9 @@ from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO, TorchCheckpointIO
 from fabric_precision import Precision, precision_plugin
 from fabric_strategies.checkpoint import StateFilter, restore_state, to_checkpoint
-from fabric_strategies.clipping import check_clip_threshold, check_norm_type
 from fabric_strategies.init_context import SkipParameterInit
 from fabric_strategies.launchers.base import Launcher
-from fabric_utils import PathLike, check_reduce_op, move_data_to_device
+from fabric_utils import PathLike, check_clip_threshold, check_norm_type, check_reduce_op, move_data_to_device
 
 
 def unwrap_module(module: Module) -> Module:

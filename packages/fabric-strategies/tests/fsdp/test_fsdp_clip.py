@@ -49,7 +49,17 @@ def test_invalid_arguments_are_named():
     model = _with_grads()
     with pytest.raises(ValueError, match=r"max_norm must be a number >= 0, got -1"):
         clip_grad_norm(model.parameters(), -1)
-    with pytest.raises(ValueError, match=r"norm_type must be > 0.*got 0"):
+    with pytest.raises(ValueError, match=r"clip_grad_norm\(norm_type=0\) is invalid"):
         clip_grad_norm(model.parameters(), 1.0, norm_type=0)
-    with pytest.raises(ValueError, match=r"norm_type must be a number.*'fro'"):
-        clip_grad_norm(model.parameters(), 1.0, norm_type="fro")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"clip_grad_norm\(norm_type='fro'\) is invalid"):
+        clip_grad_norm(model.parameters(), 1.0, norm_type="fro")
+    with pytest.raises(TypeError, match=r"clip_grad_norm\(norm_type=None\) must be a number or 'inf'"):
+        clip_grad_norm(model.parameters(), 1.0, norm_type=None)  # type: ignore[arg-type]
+
+
+def test_inf_by_name_is_the_largest_absolute_gradient():
+    # Fabric's clip_gradients accepts norm_type='inf' (as torch does); the FSDP clipping must take it too
+    model = _with_grads()
+    expected = max(p.grad.abs().max().item() for p in model.parameters())
+    for name in ("inf", "INF"):
+        assert float(clip_grad_norm(model.parameters(), 1e9, norm_type=name)) == pytest.approx(expected)

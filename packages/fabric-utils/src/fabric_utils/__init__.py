@@ -7,6 +7,7 @@ from fabric_utils.apply_func import (
     move_data_to_device,
 )
 from fabric_utils.attribute_dict import AttributeDict
+from fabric_utils.clipping import INFINITY_NORM_NAMES, check_clip_threshold, check_norm_type
 from fabric_utils.exceptions import (
     FabricDeprecationWarning,
     FabricWarning,
@@ -74,6 +75,7 @@ __all__ = [
     "BITSANDBYTES",
     "DEEPSPEED",
     "FSSPEC",
+    "INFINITY_NORM_NAMES",
     "MPI4PY",
     "NUMPY",
     "REDUCE_OP_NAMES",
@@ -101,6 +103,8 @@ __all__ = [
     "apply_to_collection",
     "apply_to_collections",
     "capture_rng_state",
+    "check_clip_threshold",
+    "check_norm_type",
     "check_reduce_op",
     "convert_tensors_to_scalars",
     "cpu_count",

@@ -8,13 +8,14 @@ dimension (HSDP, ``NO_SHARD``) are counted once.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import Parameter
+
+from fabric_utils import check_norm_type
 
 
 def _group_key(grad: Tensor) -> Any:
@@ -25,7 +26,7 @@ def _group_key(grad: Tensor) -> Any:
     return (None, (), grad.device)
 
 
-def total_grad_norm(parameters: Iterable[Parameter], norm_type: float | int, device: torch.device) -> Tensor:
+def total_grad_norm(parameters: Iterable[Parameter], norm_type: float | int | str, device: torch.device) -> Tensor:
     """The ``norm_type``-norm of all gradients of ``parameters`` together, as a plain tensor on ``device``.
 
     Collective when some gradients are DTensors: every process of their mesh must call it.
@@ -54,7 +55,7 @@ def _group_norm(grads: list[Tensor], norm_type: float) -> Tensor:
 def clip_grad_norm(
     parameters: Iterable[Parameter],
     max_norm: float | int,
-    norm_type: float | int = 2.0,
+    norm_type: float | int | str = 2.0,
     error_if_nonfinite: bool = True,
     device: torch.device | None = None,
 ) -> Tensor:
@@ -65,7 +66,7 @@ def clip_grad_norm(
     all see the same norm) and leaves the gradients untouched.
     """
     _check_non_negative("max_norm", max_norm)
-    _check_norm_type(norm_type)
+    check_norm_type(norm_type, caller="clip_grad_norm")
     parameters = [p for p in parameters if p.grad is not None]
     if device is None:
         device = parameters[0].grad.device if parameters else torch.device("cpu")  # type: ignore[union-attr]
@@ -83,10 +84,3 @@ def clip_grad_norm(
 def _check_non_negative(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-
-
-def _check_norm_type(norm_type: Any) -> None:
-    if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) or math.isnan(norm_type):
-        raise ValueError(f"norm_type must be a number (e.g. 2.0, 1.0 or float('inf')), got {norm_type!r}")
-    if norm_type <= 0:
-        raise ValueError(f"norm_type must be > 0 (e.g. 2.0, 1.0 or float('inf')), got {norm_type!r}")

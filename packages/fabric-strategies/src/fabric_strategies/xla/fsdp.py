@@ -19,11 +19,10 @@ from fabric_accelerators import Accelerator
 from fabric_io import CheckpointIO, exists, isdir
 from fabric_precision import Precision
 from fabric_strategies.checkpoint import StateFilter
-from fabric_strategies.clipping import check_clip_threshold, check_norm_type
 from fabric_strategies.xla import runtime
 from fabric_strategies.xla.fsdp_checkpoint import check_full_load, load_shard, save_xla_fsdp_checkpoint
 from fabric_strategies.xla.strategy import XLAStrategy
-from fabric_utils import PathLike
+from fabric_utils import PathLike, check_clip_threshold, check_norm_type
 
 StateDictType = Literal["sharded", "full"]
 STATE_DICT_TYPES: tuple[str, ...] = get_args(StateDictType)

@@ -9,38 +9,6 @@ import pytest
 import torch
 
 from fabric_strategies import SingleDeviceStrategy
-from fabric_strategies.clipping import check_clip_threshold, check_norm_type
-
-
-@pytest.mark.parametrize(
-    ("value", "error"),
-    [
-        *[(value, ValueError) for value in (-1.0, 0, math.inf, math.nan)],
-        *[(value, TypeError) for value in ("1", True, None, torch.tensor(1.0))],
-    ],
-)
-def test_threshold_must_be_a_finite_number_above_zero(value: Any, error: type[Exception]) -> None:
-    with pytest.raises(error) as info:
-        check_clip_threshold("max_norm", value)
-    assert f"max_norm={value!r}" in str(info.value)
-
-
-@pytest.mark.parametrize("value", [1, 0.5, 1e-8, 1e8])
-def test_threshold_accepts_positive_numbers(value: float) -> None:
-    check_clip_threshold("clip_val", value)
-
-
-@pytest.mark.parametrize("norm_type", [2.0, 1, 0.5, math.inf, "inf"])
-def test_norm_type_valid_values(norm_type: Any) -> None:
-    check_norm_type(norm_type)
-
-
-@pytest.mark.parametrize(
-    ("norm_type", "error"), [(0, ValueError), (-2, ValueError), ("fro", ValueError), (None, TypeError)]
-)
-def test_norm_type_invalid_values(norm_type: Any, error: type[Exception]) -> None:
-    with pytest.raises(error, match=f"norm_type={norm_type!r}"):
-        check_norm_type(norm_type)
 
 
 def _strategy_with_gradients() -> tuple[SingleDeviceStrategy, torch.nn.Linear, torch.optim.Optimizer]:
