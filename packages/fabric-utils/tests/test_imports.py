@@ -85,10 +85,22 @@ def test_too_old_version_is_reported_with_the_installed_one() -> None:
     assert old_enough.available
     too_new = OptionalDependency("packaging", min_version="9999.0")
     assert not too_new.available
-    with pytest.raises(
-        MissingDependencyError, match=rf"`packaging>=9999.0`, but only version {installed} is installed"
-    ):
+    with pytest.raises(MissingDependencyError) as info:
         too_new.require("Something")
+    # the command upgrades: a plain `pip install packaging` would keep the old copy
+    assert str(info.value) == (
+        f"Something requires `packaging>=9999.0`, but only version {installed} is installed."
+        " Run: pip install -U 'packaging>=9999.0'"
+    )
+
+
+def test_default_install_command_carries_the_minimum_version() -> None:
+    dep = OptionalDependency("fabric_missing_mod", "fabric-missing-dist", min_version="2.1")
+    assert dep.install == "pip install 'fabric-missing-dist>=2.1'"
+    with pytest.raises(
+        MissingDependencyError, match=r"it is not installed\. Run: pip install 'fabric-missing-dist>=2\.1'$"
+    ):
+        dep.require()
 
 
 @pytest.mark.parametrize("name", sorted(ALL_DEPENDENCIES))

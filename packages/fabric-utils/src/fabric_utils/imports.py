@@ -46,8 +46,9 @@ class OptionalDependency:
     ) -> None:
         self.module = module
         self.distribution = distribution or module
-        self.install = install or f"pip install {self.distribution}"
         self.min_version = min_version
+        requirement = f"'{self.distribution}>={min_version}'" if min_version else self.distribution
+        self.install = install or f"pip install {requirement}"
 
     @property
     def available(self) -> bool:
@@ -68,8 +69,14 @@ class OptionalDependency:
         if not self.available:
             needed = f"{self.distribution}>={self.min_version}" if self.min_version else self.distribution
             found = package_version(self.distribution) if module_available(self.module) else None
-            state = f"only version {found} is installed" if found is not None else "it is not installed"
-            raise MissingDependencyError(f"{feature} requires `{needed}`, but {state}. Run: {self.install}")
+            if found is None:
+                raise MissingDependencyError(
+                    f"{feature} requires `{needed}`, but it is not installed. Run: {self.install}"
+                )
+            # an old copy is there: a plain install command would leave it in place
+            raise MissingDependencyError(
+                f"{feature} requires `{needed}`, but only version {found} is installed. Run: pip install -U '{needed}'"
+            )
         return importlib.import_module(self.module)
 
     def __repr__(self) -> str:
