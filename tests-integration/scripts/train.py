@@ -10,7 +10,7 @@ Started three ways (``--mode``):
 What each process does: seeds everything, trains ``--steps`` optimizer steps over 64 labelled samples in batches of
 8 (``shuffle=True``, sharded across processes), optionally resumes from ``--ckpt`` first, saves ``--ckpt`` every
 ``--save-every`` steps, stops after ``--stop-at`` steps (saving first), and injects ``--fail RANK:STEP:KIND``
-(``raise``, ``sigkill`` or ``hang``) after the forward pass of that step. Global rank 0 writes the final full
+(``raise``, ``sigkill``, ``exit`` or ``hang``) after the forward pass of that step. Global rank 0 writes the final full
 weights, the losses and the gradient scaler's scale to ``--out``. Every process records its pid (and start time) in
 ``--pid-dir`` so a test can prove that none outlives the run.
 """
@@ -115,6 +115,8 @@ def fail(kind: str, pid_dir: str | None) -> None:
         raise RuntimeError(FAILURE_MESSAGE)
     if kind == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "exit":
+        sys.exit(3)  # no exception: no excepthook runs, only the exit handlers
     if kind == "hang":
         time.sleep(600)  # stuck outside any collective: the other ranks wait for this one in theirs
     raise SystemExit(f"unknown failure kind {kind!r}")

@@ -188,8 +188,21 @@ def write_report(message: str) -> None:
         stream.flush()
 
 
-def exit_after_child_failure(local_rank: int, code: int, *, raised: bool = False) -> None:
-    """Report a failed child and end this process at once with exit code 1 (it may be stuck in a collective)."""
+def exit_after_child_failure(
+    local_rank: int, code: int, *, raised: bool = False, after_main_ended: bool = False
+) -> None:
+    """Report a failed child and end this process at once with exit code 1 (it may be stuck in a collective).
+
+    ``after_main_ended``: this process (local rank 0) had already left its script (a ``sys.exit`` or the script's end)
+    while the child still ran; the child then usually fails in its next collective ("Connection closed by peer").
+    """
     how = "raised an exception (its traceback is above)" if raised else describe_end(code)
-    write_report(f"The process of local rank {local_rank} failed first: it {how}. Every other process was stopped.")
+    if after_main_ended:
+        write_report(
+            f"The process of local rank {local_rank} {how} after this process (local rank 0) had left the script"
+            " (sys.exit or the script's end) while the others still needed it, e.g. in a collective. Every other"
+            " process was stopped."
+        )
+    else:
+        write_report(f"The process of local rank {local_rank} failed first: it {how}. Every other process was stopped.")
     os._exit(1)

@@ -6,6 +6,7 @@ import atexit
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +85,10 @@ class SubprocessScriptLauncher(Launcher):
     the kernel if this process dies (Linux), and at a normal exit this process waits for them, so none is left
     behind. Nothing is started when the cluster environment creates the processes itself. A child reports an
     uncaught exception to this process once it joined the process group (``child_watch.report_failures_to_parent``).
+    A child that leaves with ``sys.exit(N)`` reports nothing but is named when it ends within ``_EXIT_GRACE`` of the
+    failure it caused here. When this process leaves its script while children still run, it says so after
+    ``_QUIET_WAIT`` seconds; a child blocked in a collective with it then ends at the collective timeout (torch's DDP
+    wrapper keeps the gloo connections of a destroyed process group open while this process lives).
     ``on_child_failure(rank, code)`` replaces the default report-and-exit.
     """
 
@@ -105,6 +110,8 @@ class SubprocessScriptLauncher(Launcher):
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.observer: ChildObserver | None = None
         self._main_failed = False
+        self._main_raised = False  # an uncaught exception reached the top of this process
+        self._main_ended = False  # this process reached its exit handlers without an uncaught exception
         self._main_error = ""
         self._failed_before_main: list[int] = []  # children that raised or died before this process's exception
 
@@ -158,6 +165,7 @@ class SubprocessScriptLauncher(Launcher):
     def _on_main_failure(self, error: BaseException | None) -> None:
         """This process is failing: claim the report, unless the observer reports a child's failure already (then
         ``finish`` waits for the observer, which ends this process)."""
+        self._main_raised = True
         if self.observer is not None and not self.observer.claim():
             return
         self._main_failed = True
@@ -168,6 +176,24 @@ class SubprocessScriptLauncher(Launcher):
             code = proc.poll()
             if (code is not None and code != 0) or (code is None and is_exiting(proc.pid)):
                 self._failed_before_main += [] if rank in self._failed_before_main else [rank]
+        if not self._failed_before_main:
+            self._failed_before_main = self._children_ending_badly(_EXIT_GRACE)
+
+    def _children_ending_badly(self, grace: float) -> list[int]:
+        """Children that end with a non-zero status within ``grace`` seconds, without having been stopped.
+
+        A child that leaves its script with ``sys.exit(3)`` raises nothing, so it sends no report: its exit handlers
+        tear its process group down first (which is what makes this process fail with "Connection closed by peer")
+        and only then does it end. While this process fails first instead, the children stay blocked in their
+        collective with it and the wait costs ``grace`` seconds.
+        """
+        deadline = time.monotonic() + grace
+        while True:
+            ended = [rank for rank, proc in self.procs.items() if proc.poll() not in (None, 0)]
+            running = [proc for proc in self.procs.values() if proc.returncode is None]
+            if ended or not running or time.monotonic() >= deadline:
+                return ended
+            time.sleep(0.02)
 
     def finish(self) -> None:
         """Wait for the children (stop them if this process is failing); runs at exit, may be called earlier."""
@@ -180,7 +206,11 @@ class SubprocessScriptLauncher(Launcher):
             stop_processes(list(self.procs.values()))
             self._report_main_failure()
             return
+        self._main_ended = not self._main_raised
         if observer is not None:
+            observer.join(_QUIET_WAIT)
+            if observer.is_alive() and self._main_ended:
+                self._announce_wait()
             observer.join()  # until every child ended, or the observer handled a failure (bounded by then)
             observer.close()
             if observer.failure is not None:
@@ -190,6 +220,17 @@ class SubprocessScriptLauncher(Launcher):
         failed = [(rank, proc.returncode) for rank, proc in self.procs.items() if proc.returncode != 0]
         if failed:
             self.on_child_failure(*failed[0])
+
+    def _announce_wait(self) -> None:
+        """Say why this process has not ended yet: it waits for children that may be blocked in a collective with it
+        (after ``sys.exit`` in the middle of training, say), which only their collective timeout ends."""
+        running = [rank for rank, proc in self.procs.items() if proc.poll() is None]
+        if running:
+            ranks = ", ".join(map(str, running))
+            write_report(
+                f"This process (local rank 0) has left the script; waiting for local rank {ranks} to end. A rank"
+                " that waits for rank 0 in a collective ends when the collective times out (the strategy's timeout)."
+            )
 
     def _report_main_failure(self) -> None:
         raised = [] if self.observer is None else self.observer.raised
@@ -212,7 +253,10 @@ class SubprocessScriptLauncher(Launcher):
 
     def _exit_after_child_failure(self, local_rank: int, code: int) -> None:
         exit_after_child_failure(
-            local_rank, code, raised=self.observer is not None and local_rank in self.observer.raised
+            local_rank,
+            code,
+            raised=self.observer is not None and local_rank in self.observer.raised,
+            after_main_ended=self._main_ended,
         )
 
 
@@ -222,3 +266,5 @@ def _one_line(error: BaseException | None) -> str:
 
 
 _REPORT_TIMEOUT = 30.0  # stopping the others takes a few seconds; never wait forever for a report
+_QUIET_WAIT = 2.0  # at a normal end, how long to wait for the children before saying so
+_EXIT_GRACE = 1.5  # a child that made this process fail by leaving its script ends within this time
