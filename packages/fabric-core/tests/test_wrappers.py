@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
@@ -40,7 +41,14 @@ class Generator(TinyMLP):
 def test_full_precision_forward_is_one_extra_call() -> None:
     model = TinyMLP()
     wrapped = FabricModule(model, Precision())
-    assert wrapped._call is model  # FabricModule.__call__ -> model.__call__, nothing in between
+    # FabricModule.__call__ -> model.__call__, nothing in between: no conversion, no context
+    assert wrapped._plain
+    assert wrapped._forward_target is model
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(len(inspect.stack(0))))
+    wrapped(torch.randn(3, 32))
+    model(torch.randn(3, 32))
+    assert calls[0] == calls[1] + 1  # exactly one frame more than calling the model itself
     x = torch.randn(3, 32)
     assert torch.equal(wrapped(x), model(x))
     assert torch.equal(wrapped.forward(x), model(x))

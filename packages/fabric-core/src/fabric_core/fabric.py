@@ -72,6 +72,9 @@ class Fabric:
         self._loggers = check_loggers(loggers)
         self._environment_ready = False
         self._models_setup = 0
+        # what `backward` passes to the strategy without model=...: the one set-up model's forward module (None once
+        # several models are set up: the strategy must then be told which one, e.g. DeepSpeed)
+        self._backward_module: nn.Module | None = None
         self._set_up: weakref.WeakSet[Any] = weakref.WeakSet()
         if type(self).run is not Fabric.run:
             # calling `fabric.run(...)` launches the processes and runs the subclass's `run` in each of them
@@ -268,7 +271,7 @@ class Fabric:
     def _wrap_module(self, module: nn.Module, original: nn.Module) -> FabricModule:
         self._set_up.add(original)
         self._models_setup += 1
-        self._last_forward_module: nn.Module | None = module
+        self._backward_module = module if self._models_setup == 1 else None
         return FabricModule(module, self._precision, original_module=original)
 
     def _wrap_optimizer(self, optimizer: Optimizer, given: Optimizer) -> FabricOptimizer:
@@ -286,11 +289,8 @@ class Fabric:
         """``loss.backward()`` through the precision (loss scaling) and the strategy."""
         if model is not None and not isinstance(model, FabricModule):
             raise TypeError(f"backward(model=...) needs a model returned by fabric.setup, got {type(model).__name__}")
-        module = model.forward_module if model is not None else self._only_forward_module()
+        module = model.forward_module if model is not None else self._backward_module
         self._strategy.backward(tensor, module, *args, **kwargs)
-
-    def _only_forward_module(self) -> nn.Module | None:
-        return getattr(self, "_last_forward_module", None) if self._models_setup == 1 else None
 
     def clip_gradients(
         self,
@@ -463,7 +463,7 @@ class Fabric:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_set_up"] = None  # weak references do not travel to spawned processes
-        state.pop("_last_forward_module", None)
+        state["_backward_module"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

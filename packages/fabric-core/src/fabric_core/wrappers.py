@@ -23,7 +23,6 @@ _MODULE_OWN = frozenset(
     {
         "_original_module",
         "_precision",
-        "_call",
         "_plain",
         "_forward_target",
         "_forward_methods",
@@ -61,7 +60,6 @@ class FabricModule(nn.Module):
         own["_forward_target"] = forward_module
         plain = not (own["_needs_input"] or own["_needs_context"] or own["_needs_output"])
         own["_plain"] = plain
-        own["_call"] = forward_module if plain else self._forward_with_precision
 
     def _forward_with_precision(self, *args: Any, **kwargs: Any) -> Any:
         if self._plain:
@@ -78,11 +76,9 @@ class FabricModule(nn.Module):
             output = precision.convert_output(output)
         return output
 
-    # calling the module runs the function above directly: no Python call in between (this is every forward)
-    __call__ = _forward_with_precision
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(*args, **kwargs)
+    # calling the module (every forward) runs the function above directly, without nn.Module.__call__'s hooks
+    # machinery; with nothing to convert it is one extra Python call before the wrapped module's own __call__
+    __call__ = forward = _forward_with_precision
 
     @property
     def module(self) -> nn.Module:
@@ -130,7 +126,7 @@ class FabricModule(nn.Module):
 
             original.__dict__["forward"] = forward_once
             try:
-                return self._call(*args, **kwargs)
+                return self._forward_with_precision(*args, **kwargs)
             finally:
                 restore()
 
@@ -158,7 +154,7 @@ class FabricModule(nn.Module):
             if "_needs_output" in own:  # replaced after __init__: calls go to the new module
                 self._bind(value)
             return
-        if "_call" not in own or name in own or name in _MODULE_OWN:
+        if "_forward_target" not in own or name in own or name in _MODULE_OWN:
             super().__setattr__(name, value)
             return
         setattr(own["_original_module"], name, value)
