@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fabric_strategies import destroy_process_group_cleanly, release_ddp_wrapper
 from fabric_strategies.teardown import describe_references, track_ddp_wrapper, wait_for_idle_gloo_workers
-from fabric_testing import RunIf
+from fabric_testing import RunIf, run_processes
 
 LOOP_SCRIPT = Path(__file__).with_name("teardown_loop.py")
 
@@ -56,6 +57,37 @@ def test_destroy_releases_tracked_wrappers_and_is_idempotent():
     assert not dist.is_initialized()
     assert describe_references(wrapper) == []
     destroy_process_group_cleanly()
+
+
+def _tear_down_while_the_peer_waits(rank: int, world_size: int, marker: str) -> tuple[str, float]:
+    wrapper = DistributedDataParallel(torch.nn.Linear(2, 2))
+    wrapper(torch.ones(1, 2)).sum().backward()
+    if rank == 0:
+        time.sleep(1.0)  # let the peer block in its all-reduce first
+        destroy_process_group_cleanly(wrapper)
+        torn_down = time.monotonic()
+        # stay alive (an exiting process would close the connections anyway) until the peer reports
+        deadline = torn_down + 60
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return "torn down", torn_down
+    try:
+        dist.all_reduce(torch.ones(1))  # rank 0 never joins this one
+        outcome = "completed"
+    except RuntimeError as err:
+        outcome = f"failed: {err}"
+    failed = time.monotonic()
+    Path(marker).write_text(outcome)
+    return outcome, failed
+
+
+def test_a_peer_waiting_in_a_collective_fails_fast_after_a_ddp_group_was_torn_down(tmp_path):
+    # the collective timeout is 20 s: a peer still connected to a destroyed group would only fail after it
+    (_, torn_down), (outcome, failed) = run_processes(
+        _tear_down_while_the_peer_waits, str(tmp_path / "peer_done"), pg_timeout=20.0, timeout=120
+    )
+    assert outcome.startswith("failed:"), outcome
+    assert failed - torn_down < 5.0, outcome
 
 
 EXIT_SCRIPT = textwrap.dedent(

@@ -12,6 +12,13 @@ exception"). Once a ``DistributedDataParallel`` wrapper was built, the group's w
 ``destroy_process_group_cleanly`` therefore drops what the DDP wrappers hold of the group, collects garbage, lets the
 gloo workers finish dropping their finished work while the interpreter is intact, destroys the group and collects
 again. ``tests/teardown_loop.py`` measures it (including with the workers deliberately starved of CPU).
+
+Destroying the group must also close its connections, so that a peer blocked in a collective fails at once instead of
+waiting for the collective timeout. That only happens when the last reference to the group goes away, and
+``torch.distributed.nn.functional`` binds ``group.WORLD`` as the default argument of its functions when it is first
+imported. Building a ``DistributedDataParallel`` wrapper imports it (through ``torch._dynamo``), so if that happens
+while a group exists the group stays referenced from those defaults for the rest of the process. Importing it here,
+before any strategy creates a group, binds ``None`` (meaning "the default group at call time") instead.
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ from typing import Any
 import torch.distributed as dist
 from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
+
+if dist.is_available():
+    # binds the default arguments of its functions to ``None`` while no process group exists (see the docstring)
+    import torch.distributed.nn  # noqa: F401
 
 # DDP wrappers created by the strategies of this process, released before the process group is destroyed
 _TRACKED_WRAPPERS: weakref.WeakSet[Module] = weakref.WeakSet()

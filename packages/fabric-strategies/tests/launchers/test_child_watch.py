@@ -46,6 +46,12 @@ SCRIPT = textwrap.dedent(
             raise ValueError("boom from rank 1")
         if mode == "parent_raises" and rank == 0:
             raise ValueError("boom from rank 0")
+        if mode == "child_slow":
+            strategy.barrier()
+            if rank == 1:
+                import time
+                time.sleep(3)  # still working after rank 0 left its script: rank 0 waits for it and says so
+            return
         strategy.barrier()  # the other rank never comes: its failure must end this one
 
     launcher = strategy.launcher  # None in rank 1: it was started by rank 0's launcher
@@ -95,6 +101,14 @@ def test_the_first_failure_is_reported_and_the_run_stops(tmp_path, mode, report)
     assert proc.stderr.count("[fabric]") == 1, proc.stderr[-3000:]  # one report: the first failure
     if mode != "child_killed":
         assert f"ValueError: boom from rank {int(mode.startswith('child'))}" in proc.stderr
+
+
+def test_rank_0_says_that_it_waits_for_a_child_still_running_after_the_script_ended(tmp_path):
+    proc = _run(tmp_path, "child_slow")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notice = "This process (local rank 0) has left the script; waiting for local rank 1 to end."
+    assert notice in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.count("[fabric]") == 1, proc.stderr[-3000:]
 
 
 def test_a_child_that_reports_an_exception_is_acted_on_before_it_exits():

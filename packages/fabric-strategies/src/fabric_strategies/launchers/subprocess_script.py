@@ -87,8 +87,8 @@ class SubprocessScriptLauncher(Launcher):
     uncaught exception to this process once it joined the process group (``child_watch.report_failures_to_parent``).
     A child that leaves with ``sys.exit(N)`` reports nothing but is named when it ends within ``_EXIT_GRACE`` of the
     failure it caused here. When this process leaves its script while children still run, it says so after
-    ``_QUIET_WAIT`` seconds; a child blocked in a collective with it then ends at the collective timeout (torch's DDP
-    wrapper keeps the gloo connections of a destroyed process group open while this process lives).
+    ``_QUIET_WAIT`` seconds (its process group is torn down by then, so a child blocked in a collective with it fails
+    at once; one still working ends when it ends).
     ``on_child_failure(rank, code)`` replaces the default report-and-exit.
     """
 
