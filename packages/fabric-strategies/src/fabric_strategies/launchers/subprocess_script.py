@@ -222,14 +222,14 @@ class SubprocessScriptLauncher(Launcher):
             self.on_child_failure(*failed[0])
 
     def _announce_wait(self) -> None:
-        """Say why this process has not ended yet: it waits for children that may be blocked in a collective with it
-        (after ``sys.exit`` in the middle of training, say), which only their collective timeout ends."""
+        """Say why this process has not ended yet: its script is over but children still run (more work of their own,
+        or a collective with a process group that was not torn down, which then ends at its timeout)."""
         running = [rank for rank, proc in self.procs.items() if proc.poll() is None]
         if running:
             ranks = ", ".join(map(str, running))
             write_report(
-                f"This process (local rank 0) has left the script; waiting for local rank {ranks} to end. A rank"
-                " that waits for rank 0 in a collective ends when the collective times out (the strategy's timeout)."
+                f"This process (local rank 0) has left the script; waiting for local rank {ranks} to end (Ctrl+C"
+                " stops every process)."
             )
 
     def _report_main_failure(self) -> None:
