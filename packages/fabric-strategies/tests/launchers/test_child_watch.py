@@ -106,7 +106,7 @@ def test_the_first_failure_is_reported_and_the_run_stops(tmp_path, mode, report)
 def test_rank_0_says_that_it_waits_for_a_child_still_running_after_the_script_ended(tmp_path):
     proc = _run(tmp_path, "child_slow")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    notice = "This process (local rank 0) has left the script; waiting for local rank 1 to end."
+    notice = "This process (local rank 0) has left the script; waiting for local rank 1 to end (Ctrl+C"
     assert notice in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.count("[fabric]") == 1, proc.stderr[-3000:]
 
