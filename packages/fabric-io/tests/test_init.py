@@ -24,6 +24,7 @@ PUBLIC = [
     "load_sharded_checkpoint",
     "makedirs",
     "read_sharded_metadata",
+    "refused_global",
     "remove_path",
     "save_sharded_checkpoint",
 ]

@@ -51,15 +51,7 @@ class FabricModule(nn.Module):
         own["_needs_input"] = precision.needs_input_conversion
         own["_needs_context"] = precision.needs_forward_context
         own["_needs_output"] = precision.needs_output_conversion
-        self._bind(forward_module)
-
-    def _bind(self, forward_module: nn.Module) -> None:
-        """Point the per-call attributes at ``forward_module`` (kept in the instance ``__dict__``, where reading
-        them costs no ``nn.Module.__getattr__`` call; the registered submodule ``_forward_module`` is the same)."""
-        own = self.__dict__
-        own["_forward_target"] = forward_module
-        plain = not (own["_needs_input"] or own["_needs_context"] or own["_needs_output"])
-        own["_plain"] = plain
+        own["_plain"] = not (own["_needs_input"] or own["_needs_context"] or own["_needs_output"])
 
     def _forward_with_precision(self, *args: Any, **kwargs: Any) -> Any:
         if self._plain:
@@ -151,8 +143,8 @@ class FabricModule(nn.Module):
         own = self.__dict__
         if name == "_forward_module":
             super().__setattr__(name, value)
-            if "_needs_output" in own:  # replaced after __init__: calls go to the new module
-                self._bind(value)
+            # the same module, also kept in the instance __dict__: reading it per call costs no nn.Module.__getattr__
+            own["_forward_target"] = value
             return
         if "_forward_target" not in own or name in own or name in _MODULE_OWN:
             super().__setattr__(name, value)

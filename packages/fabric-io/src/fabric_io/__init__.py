@@ -20,7 +20,7 @@ from fabric_io.sharded import (
     read_sharded_metadata,
     save_sharded_checkpoint,
 )
-from fabric_io.torch_io import TorchCheckpointIO
+from fabric_io.torch_io import TorchCheckpointIO, refused_global
 from fabric_io.xla import XLACheckpointIO
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ __all__ = [
     "load_sharded_checkpoint",
     "makedirs",
     "read_sharded_metadata",
+    "refused_global",
     "remove_path",
     "save_sharded_checkpoint",
 ]

@@ -139,7 +139,7 @@ def _open_for_load(path: PathLike, storage_options: dict[str, Any]) -> str | io.
 def _load_error(path: PathLike, err: BaseException, weights_only: bool) -> ValueError:
     name = os.fspath(path)
     if weights_only and "Unsupported global" in str(err):
-        refused = _refused_global(err)
+        refused = refused_global(err)
         return ValueError(
             f"Refused to load {name!r} with weights_only=True: it contains {refused}, which is not a tensor or a "
             "plain container. Pass weights_only=False only if you trust the source of this file (unpickling it "
@@ -160,8 +160,9 @@ def _load_error(path: PathLike, err: BaseException, weights_only: bool) -> Value
     )
 
 
-def _refused_global(err: BaseException) -> str:
-    """The ``module.name`` that torch's weights-only unpickler refused, read from its message."""
+def refused_global(err: BaseException) -> str:
+    """The ``module.name`` that torch's weights-only unpickler refused (quoted), read from its error message; a
+    general phrase when the message names none."""
     for line in str(err).splitlines():
         marker = "Unsupported global: GLOBAL "
         if marker in line:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
-import re
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fabric_io import is_remote_path
+from fabric_io import is_remote_path, refused_global
 from fabric_strategies.checkpoint import StateFilter, check_strict_keys, restore_state, to_checkpoint
 from fabric_strategies.fsdp.dcp_io import UnsafeCheckpointError
 from fabric_utils import DEEPSPEED, PathLike
@@ -212,8 +211,8 @@ def check_weights_only(tag_directory: str) -> None:
                 torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
         except pickle.UnpicklingError as err:
             raise UnsafeCheckpointError(
-                f"Refusing to load the DeepSpeed checkpoint file {file!r}: it holds {_refused(err)}, which is not a"
-                " tensor, plain data or a DeepSpeed record, and DeepSpeed would unpickle it (which can run code)."
+                f"Refusing to load the DeepSpeed checkpoint file {file!r}: it holds {refused_global(err)}, which is"
+                " not a tensor, plain data or a DeepSpeed record, and DeepSpeed would unpickle it (which can run code)."
                 " Pass weights_only=False only if you trust where this checkpoint came from, or allow that type with"
                 " torch.serialization.add_safe_globals([...])."
             ) from None
@@ -221,14 +220,6 @@ def check_weights_only(tag_directory: str) -> None:
             raise ValueError(
                 f"Could not read the DeepSpeed checkpoint file {file!r}: {type(err).__name__}: {err}"
             ) from err
-
-
-def _refused(err: pickle.UnpicklingError) -> str:
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-    if found:
-        return repr(found.group(1))
-    reason = re.search(r"WeightsUnpickler error: (.*)", str(err))
-    return f"something weights-only loading refused ({reason.group(1) if reason else err})"
 
 
 def _deepspeed_records() -> list[Callable[..., Any]]:
