@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -122,3 +123,17 @@ def storage(request: pytest.FixtureRequest, s3_endpoint: str | None) -> Storage:
     test's hygiene snapshot.
     """
     return request.getfixturevalue(f"{request.param}_storage")
+
+
+@pytest.fixture
+def fsynced_inodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The inode of every ``os.fsync`` call made during the test, in order (the real fsync still runs)."""
+    seen: list[int] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        seen.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return seen

@@ -116,21 +116,8 @@ def test_a_process_killed_mid_save_leaves_a_complete_file(tmp_path: Path, delay:
     assert torch.equal(checkpoint["w"], torch.full((2_000_000,), float(checkpoint["step"])))
 
 
-def _fsynced_inodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record the inode of every ``os.fsync`` call (the real fsync still runs)."""
-    seen: list[int] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        seen.append(os.fstat(fd).st_ino)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
-    return seen
-
-
-def test_fsync_is_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = _fsynced_inodes(monkeypatch)
+def test_fsync_is_opt_in(tmp_path: Path, fsynced_inodes: list[int]) -> None:
+    seen = fsynced_inodes
     path = tmp_path / "ckpt.pt"
     atomic_save({"step": 1}, path)
     assert seen == []  # like torch.save: the OS writes the data back in its own time

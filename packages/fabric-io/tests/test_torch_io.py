@@ -139,15 +139,8 @@ def test_repr_hides_option_values() -> None:
     assert isinstance(secret, CheckpointIO)
 
 
-def test_fsync_option_reaches_every_local_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.fstat(fd).st_ino)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+def test_fsync_option_reaches_every_local_save(tmp_path: Path, fsynced_inodes: list[int]) -> None:
+    synced = fsynced_inodes
     path = tmp_path / "ckpt.pt"
     plain = TorchCheckpointIO()
     assert plain.fsync is False

@@ -66,6 +66,11 @@ def describe_end(code: int | None) -> str:
     return f"exited with {describe_exit_code(code)}"
 
 
+def shorten(line: str, limit: int = 200) -> str:
+    """``line`` cut to ``limit`` characters (ending in "...") for a one-line report."""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 _PF_EXITING = 0x4  # task flag set once a process has begun to exit (include/linux/sched.h)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from fabric_strategies.launchers.process_control import describe_end, is_exiting, stop_processes
+from fabric_strategies.launchers.process_control import describe_end, is_exiting, shorten, stop_processes
 
 REAP_TIMEOUT = 5.0  # a process whose sentinel closed is exiting; reaping it takes milliseconds
 SETTLE = 1.0  # how long to keep watching after the first failure, for the exits and reports that race with it
@@ -155,8 +155,7 @@ def judge(states: list[RankState]) -> RankState | None:
 
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    line = lines[-1].strip() if lines else "an error"
-    return line if len(line) <= 200 else line[:197] + "..."
+    return shorten(lines[-1].strip() if lines else "an error")
 
 
 def describe_secondary(state: RankState) -> str | None:

@@ -24,6 +24,7 @@ from fabric_strategies.launchers.process_control import (
     describe_end,
     is_exiting,
     parent_death_hook,
+    shorten,
     stop_processes,
 )
 
@@ -261,8 +262,7 @@ class SubprocessScriptLauncher(Launcher):
 
 
 def _one_line(error: BaseException | None) -> str:
-    text = f"{type(error).__name__}: {error}".splitlines()[0] if error is not None else "an exception"
-    return text if len(text) <= 200 else text[:197] + "..."
+    return shorten(f"{type(error).__name__}: {error}".splitlines()[0] if error is not None else "an exception")
 
 
 _REPORT_TIMEOUT = 30.0  # stopping the others takes a few seconds; never wait forever for a report
