@@ -8,9 +8,12 @@ import fsspec
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
+from fsspec.utils import get_protocol
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fabric_io import exists, get_filesystem, is_remote_path, isdir, join_path, makedirs, remove_path
-from fabric_io.filesystem import local_path
+from fabric_io.filesystem import local_path, path_protocol
 from fabric_utils import MissingDependencyError, module_available
 
 if TYPE_CHECKING:
@@ -93,3 +96,28 @@ def test_makedirs_exist_ok(tmp_path: Path) -> None:
     makedirs(tmp_path / "x")
     with pytest.raises(FileExistsError):
         makedirs(tmp_path / "x", exist_ok=False)
+
+
+# characters that make up URLs, protocols and chained URLs, so that separators turn up often
+_URL_TEXT = st.text(alphabet=st.sampled_from(list("ab3_-:/.s\\ ")), max_size=24)
+
+
+@given(_URL_TEXT)
+def test_path_protocol_reads_a_path_as_fsspec_does(text: str) -> None:
+    assert path_protocol(text) == get_protocol(text)
+
+
+@pytest.mark.parametrize(
+    ("path", "protocol"),
+    [
+        ("s3://bucket/key", "s3"),
+        ("simplecache::s3://bucket/key", "simplecache"),
+        ("memory://x::y", "memory"),
+        ("C:\\data\\model.ckpt", "file"),
+        (Path("relative/model.ckpt"), "file"),
+        ("file:///tmp/model.ckpt", "file"),
+        ("", "file"),
+    ],
+)
+def test_path_protocol_examples(path: str | Path, protocol: str) -> None:
+    assert path_protocol(path) == protocol == get_protocol(os.fspath(path))

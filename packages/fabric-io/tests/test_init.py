@@ -40,7 +40,7 @@ def test_public_surface_is_frozen() -> None:
 def test_import_is_light_and_has_no_side_effects() -> None:
     code = (
         "import os, sys; before = dict(os.environ); import fabric_io; "
-        "names = ('s3fs', 'torch_xla', 'boto3', 'moto', 'torch.distributed.checkpoint'); "
+        "names = ('fsspec', 's3fs', 'torch_xla', 'boto3', 'moto', 'torch.distributed.checkpoint'); "
         "heavy = [m for m in names if m in sys.modules]; "
         "assert not heavy, heavy; assert dict(os.environ) == before"
     )

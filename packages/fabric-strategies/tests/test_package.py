@@ -6,6 +6,11 @@ DeepSpeed/XLA strategies add their own names next to them.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
+
 import fabric_strategies
 
 EXPECTED = {
@@ -43,16 +48,68 @@ def test_public_names_are_kept_and_importable():
         assert getattr(fabric_strategies, name) is not None
 
 
-def test_import_has_no_side_effects_on_the_environment():
-    # A fresh interpreter: other tests in this session import deepspeed on purpose.
-    import subprocess
-    import sys
+def _run_fresh(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (other tests in this session import deepspeed on purpose); its stdout."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
+
+def test_import_has_no_side_effects_on_the_environment():
     code = (
         "import os, sys; before = dict(os.environ); import fabric_strategies; "
         "assert dict(os.environ) == before, 'environment changed'; "
         "heavy = [m for m in ('deepspeed', 'torch_xla', 'mpi4py') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    _run_fresh(code)
+
+
+ON_ACCESS_MODULES = (
+    "fabric_strategies.deepspeed",
+    "fabric_strategies.fsdp",
+    "fabric_strategies.model_parallel",
+    "fabric_strategies.xla",
+)
+
+
+def test_sharded_deepspeed_and_xla_modules_load_on_first_access():
+    code = (
+        "import sys, fabric_strategies as s\n"
+        f"modules = {ON_ACCESS_MODULES!r}\n"
+        "print([m for m in modules if m in sys.modules])\n"
+        "names = s.STRATEGY_REGISTRY.names(); s.STRATEGY_REGISTRY.descriptions(); 'fsdp' in s.STRATEGY_REGISTRY\n"
+        "print([m for m in modules if m in sys.modules])\n"
+        "assert 'FSDPStrategy' in dir(s)\n"
+        "print(s.FSDPStrategy.__module__, s.STRATEGY_REGISTRY.get('fsdp') is s.FSDPStrategy)\n"
+        "print([m for m in modules if m in sys.modules])\n"
+    )
+    before, after_listing, loaded, after_access = _run_fresh(code).splitlines()
+    assert before == after_listing == "[]"
+    assert loaded == "fabric_strategies.fsdp.strategy True"
+    assert after_access == "['fabric_strategies.fsdp']"
+
+
+def test_an_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="has no attribute 'FSDPStrategyy'"):
+        fabric_strategies.FSDPStrategyy  # noqa: B018
+
+
+def test_the_listed_names_match_what_each_class_registers():
+    from fabric_strategies.catalog import LISTED_STRATEGIES
+    from fabric_utils import Registry
+
+    listed = {entry.name: entry for entry in LISTED_STRATEGIES}
+    classes = {entry.target for entry in LISTED_STRATEGIES}
+    registry: Registry[fabric_strategies.Strategy] = Registry("strategy")
+    for target in sorted(classes):
+        module, _, attribute = target.partition(":")
+        cls = getattr(__import__(module, fromlist=[attribute]), attribute)
+        cls.register_strategies(registry)
+        assert getattr(fabric_strategies, attribute) is cls
+    assert registry.names() == sorted(listed)
+    for name in listed:
+        entry = registry.entry(name)
+        assert entry.description == listed[name].description
+        assert entry.init_kwargs == listed[name].options
+        assert fabric_strategies.STRATEGY_REGISTRY.entry(name).factory is entry.factory

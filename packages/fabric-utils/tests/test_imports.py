@@ -122,7 +122,8 @@ def test_heavy_extras_name_the_fabric_extra_that_brings_them() -> None:
 def test_importing_fabric_utils_imports_no_optional_dependency() -> None:
     code = (
         "import sys, fabric_utils\n"
-        "heavy = ['deepspeed', 'torch_xla', 'tensorboardX', 's3fs', 'bitsandbytes', 'transformer_engine', 'mpi4py']\n"
+        "heavy = ['deepspeed', 'torch_xla', 'tensorboardX', 's3fs', 'bitsandbytes', 'transformer_engine', 'mpi4py',\n"
+        " 'packaging.version']\n"
         "print([m for m in heavy if m in sys.modules])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

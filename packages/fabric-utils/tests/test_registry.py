@@ -239,3 +239,82 @@ def test_a_plugin_cannot_silently_replace_a_registered_name(plugin_dist: str) ->
     registry.register("plugged", Widget)
     with pytest.warns(PossibleUserWarning, match="plugin 'plugged'.*already registered"):
         assert registry.get("plugged") is Widget
+
+
+@pytest.fixture
+def deferred_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A module on ``sys.path`` that nobody has imported yet; it holds ``Widget``-like ``Slow``."""
+    name = "fabric_utils_deferred_probe"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(
+            '''
+            class Slow:
+                """Not this line: a deferred name carries its own description."""
+
+                def __init__(self, size=1):
+                    self.size = size
+            '''
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(name, None)
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_deferred_names_are_listed_without_importing_their_module(deferred_module: str) -> None:
+    registry: Registry[object] = Registry("widget")
+    registry.register("plain", Widget)
+    registry.register_deferred("slow", f"{deferred_module}:Slow", description="Built on first use.", size=3)
+    assert registry.names() == ["plain", "slow"]
+    assert list(registry) == ["plain", "slow"]
+    assert len(registry) == 2
+    assert "slow" in registry
+    assert registry.descriptions()["slow"] == "Built on first use."
+    assert "Choose one of: plain, slow" in registry.unknown_message("slo")
+    assert deferred_module not in sys.modules
+
+    built = registry.create("slow", size=5)
+    assert deferred_module in sys.modules
+    assert type(built).__name__ == "Slow"
+    assert built.size == 5
+    entry = registry.entry("slow")
+    assert entry.factory is sys.modules[deferred_module].Slow
+    assert entry.init_kwargs == {"size": 3}
+    assert entry.description == "Built on first use."
+    assert registry.create("slow").size == 3
+    assert registry.names() == ["plain", "slow"]
+
+
+def test_deferred_names_follow_the_override_rules_and_can_be_removed(deferred_module: str) -> None:
+    registry: Registry[object] = Registry("widget")
+    registry.register("taken", Widget)
+    with pytest.raises(ValueError, match=r"'taken' is already registered .*override=True"):
+        registry.register_deferred("taken", f"{deferred_module}:Slow", description="x")
+    registry.register_deferred("taken", f"{deferred_module}:Slow", description="x", override=True)
+    registry.register_deferred("later", f"{deferred_module}:Slow", description="y")
+    with pytest.raises(ValueError, match=rf"'later' is already registered to '{deferred_module}:Slow'"):
+        registry.register("later", Widget)
+    registry.register("later", Widget, override=True)
+    assert registry.get("later") is Widget
+    registry.remove("taken")
+    assert "taken" not in registry
+    assert deferred_module not in sys.modules
+    with pytest.raises(UnknownNameError, match=r"Unknown widget 'taken'"):
+        registry.get("taken")
+
+
+@pytest.mark.parametrize("target", ["no_colon_here", ":Slow", "module:", 3])
+def test_a_deferred_target_must_name_module_and_attribute(target: object) -> None:
+    registry: Registry[object] = Registry("widget")
+    with pytest.raises(ValueError, match=r"must read 'package.module:Attribute', got"):
+        registry.register_deferred("x", target, description="x")  # type: ignore[arg-type]
+    assert "x" not in registry
+
+
+def test_a_deferred_target_that_does_not_import_raises_when_looked_up() -> None:
+    registry: Registry[object] = Registry("widget")
+    registry.register_deferred("ghost", "fabric_utils_no_such_module:Thing", description="missing")
+    assert registry.names() == ["ghost"]
+    with pytest.raises(ModuleNotFoundError, match="fabric_utils_no_such_module"):
+        registry.get("ghost")

@@ -7,21 +7,28 @@ A path is *remote* when it is not on the local filesystem, i.e. when it carries 
 from __future__ import annotations
 
 import os
-from typing import Any
-
-import fsspec
-from fsspec import AbstractFileSystem
-from fsspec.utils import get_protocol
+from typing import TYPE_CHECKING, Any
 
 from fabric_utils import S3FS, MissingDependencyError, PathLike
+
+if TYPE_CHECKING:  # fsspec itself is imported on the first remote path: it is ~10 ms of every start-up otherwise
+    from fsspec import AbstractFileSystem
 
 _LOCAL_PROTOCOLS = ("file", "local")
 _S3_PROTOCOLS = ("s3", "s3a")
 
 
+def path_protocol(path: PathLike) -> str:
+    """The protocol of ``path`` as fsspec reads it: the text before its first ``://`` (or ``::`` of a chained URL),
+    ``"file"`` when it has neither."""
+    text = os.fspath(path)
+    ends = [end for end in (text.find("::"), text.find("://")) if end >= 0]
+    return text[: min(ends)] if ends else "file"
+
+
 def is_remote_path(path: PathLike) -> bool:
     """Whether ``path`` lies outside the local filesystem (any fsspec URL other than ``file://``/``local://``)."""
-    return get_protocol(os.fspath(path)) not in _LOCAL_PROTOCOLS
+    return path_protocol(path) not in _LOCAL_PROTOCOLS
 
 
 def local_path(path: PathLike) -> str:
@@ -30,7 +37,7 @@ def local_path(path: PathLike) -> str:
     Raises ``ValueError`` naming the path when it is remote.
     """
     text = os.fspath(path)
-    protocol = get_protocol(text)
+    protocol = path_protocol(text)
     if protocol not in _LOCAL_PROTOCOLS:
         raise ValueError(f"Expected a local path, got {text!r} (protocol {protocol!r}).")
     prefix = f"{protocol}://"
@@ -42,8 +49,10 @@ def get_filesystem(path: PathLike, **storage_options: Any) -> AbstractFileSystem
 
     Raises ``MissingDependencyError`` (with the install command) when the protocol's backend is not installed.
     """
+    import fsspec
+
     text = os.fspath(path)
-    protocol = get_protocol(text)
+    protocol = path_protocol(text)
     if protocol in _S3_PROTOCOLS and not S3FS.available:
         S3FS.require(f"The path {text!r}")
     if protocol not in fsspec.available_protocols():

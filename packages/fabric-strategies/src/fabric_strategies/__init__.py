@@ -1,19 +1,18 @@
-"""fabric-strategies: how a model is placed, wrapped and synchronised across devices and processes."""
+"""fabric-strategies: how a model is placed, wrapped and synchronised across devices and processes.
+
+The DeepSpeed, FSDP, model-parallel and XLA names are imported on first access (``fabric_strategies.FSDPStrategy``
+imports ``fabric_strategies.fsdp`` then), which keeps them out of ``import fabric_strategies``.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from fabric_strategies.base import Strategy, unwrap_module
 from fabric_strategies.checkpoint import MissingStateKeyError
 from fabric_strategies.collectives import Collective, SingleDeviceCollective, TorchCollective
 from fabric_strategies.collectives.functional import all_gather_tensor, all_reduce_tensor, gather_all_tensors
 from fabric_strategies.ddp import DDPStrategy
-from fabric_strategies.deepspeed import DeepSpeedConfig, DeepSpeedStrategy
 from fabric_strategies.dp import DataParallelStrategy
-from fabric_strategies.fsdp import (
-    FSDPStrategy,
-    ShardedStrategy,
-    UnsafeCheckpointError,
-    consolidate_sharded_checkpoint,
-    read_sharded_checkpoint,
-)
 from fabric_strategies.launchers import (
     Launcher,
     MultiprocessingLauncher,
@@ -21,13 +20,53 @@ from fabric_strategies.launchers import (
     RemoteTraceback,
     SubprocessScriptLauncher,
 )
-from fabric_strategies.model_parallel import ModelParallelStrategy
 from fabric_strategies.parallel import ParallelStrategy
 from fabric_strategies.process_group import DEFAULT_TIMEOUT, default_process_group_backend
 from fabric_strategies.registry import STRATEGY_REGISTRY, resolve_strategy_name
 from fabric_strategies.single_device import SingleDeviceStrategy
 from fabric_strategies.teardown import destroy_process_group_cleanly, release_ddp_wrapper
-from fabric_strategies.xla import SingleDeviceXLAStrategy, XLAFSDPStrategy, XLALauncher, XLAStrategy
+
+if TYPE_CHECKING:
+    from fabric_strategies.deepspeed import DeepSpeedConfig, DeepSpeedStrategy
+    from fabric_strategies.fsdp import (
+        FSDPStrategy,
+        ShardedStrategy,
+        UnsafeCheckpointError,
+        consolidate_sharded_checkpoint,
+        read_sharded_checkpoint,
+    )
+    from fabric_strategies.model_parallel import ModelParallelStrategy
+    from fabric_strategies.xla import SingleDeviceXLAStrategy, XLAFSDPStrategy, XLALauncher, XLAStrategy
+
+#: public names whose module is imported on first access
+_ON_ACCESS = {
+    "DeepSpeedConfig": "fabric_strategies.deepspeed",
+    "DeepSpeedStrategy": "fabric_strategies.deepspeed",
+    "FSDPStrategy": "fabric_strategies.fsdp",
+    "ShardedStrategy": "fabric_strategies.fsdp",
+    "UnsafeCheckpointError": "fabric_strategies.fsdp",
+    "consolidate_sharded_checkpoint": "fabric_strategies.fsdp",
+    "read_sharded_checkpoint": "fabric_strategies.fsdp",
+    "ModelParallelStrategy": "fabric_strategies.model_parallel",
+    "SingleDeviceXLAStrategy": "fabric_strategies.xla",
+    "XLAFSDPStrategy": "fabric_strategies.xla",
+    "XLALauncher": "fabric_strategies.xla",
+    "XLAStrategy": "fabric_strategies.xla",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _ON_ACCESS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fabric_strategies' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_ON_ACCESS})
+
 
 __version__ = "0.1.0"
 

@@ -15,6 +15,7 @@ from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import Precision
 from fabric_strategies.base import Strategy
+from fabric_strategies.catalog import register_listed_class
 from fabric_strategies.fsdp.base import ShardedStrategy
 from fabric_strategies.parallel import StartMethod
 from fabric_strategies.process_group import DEFAULT_TIMEOUT
@@ -164,11 +165,7 @@ class ModelParallelStrategy(ShardedStrategy):
     @classmethod
     @override
     def register_strategies(cls, registry: Registry[Strategy]) -> None:
-        registry.register(
-            cls.name,
-            cls,
-            description="Tensor parallelism + FSDP2 on a 2-D device mesh; needs ModelParallelStrategy(parallelize_fn).",
-        )
+        register_listed_class(registry, cls, listed_as=ModelParallelStrategy)
 
     @override
     def __repr__(self) -> str:

@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 from fabric_strategies.base import Strategy
+from fabric_strategies.catalog import register_listed
 from fabric_strategies.ddp import DDPStrategy
-from fabric_strategies.deepspeed import DeepSpeedStrategy
 from fabric_strategies.dp import DataParallelStrategy
-from fabric_strategies.fsdp import FSDPStrategy
-from fabric_strategies.model_parallel import ModelParallelStrategy
 from fabric_strategies.single_device import SingleDeviceStrategy
-from fabric_strategies.xla import SingleDeviceXLAStrategy, XLAFSDPStrategy, XLAStrategy
 from fabric_utils import Registry, rank_zero_warn
 
 #: third-party packages add strategies through the ``fabric.strategies`` entry-point group: the entry point loads
 #: to a callable that receives this registry (e.g. ``MyStrategy.register_strategies``)
 STRATEGY_REGISTRY: Registry[Strategy] = Registry("strategy", entry_point_group="fabric.strategies")
 
-for _builtin in (
-    SingleDeviceStrategy,
-    DataParallelStrategy,
-    DDPStrategy,
-    DeepSpeedStrategy,
-    FSDPStrategy,
-    ModelParallelStrategy,
-    XLAStrategy,
-    XLAFSDPStrategy,
-    SingleDeviceXLAStrategy,
-):
+for _builtin in (SingleDeviceStrategy, DataParallelStrategy, DDPStrategy):
     _builtin.register_strategies(STRATEGY_REGISTRY)
+# DeepSpeed, FSDP, model parallel and XLA: their modules are imported when one of their names is first looked up
+register_listed(STRATEGY_REGISTRY)
 
 
 def resolve_strategy_name(name: str, device_type: str, registry: Registry[Strategy] | None = None) -> str:

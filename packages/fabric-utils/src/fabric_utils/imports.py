@@ -7,10 +7,12 @@ import importlib
 import importlib.util
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
-
-from packaging.version import Version
+from typing import TYPE_CHECKING
 
 from fabric_utils.exceptions import MissingDependencyError
+
+if TYPE_CHECKING:  # packaging is imported on the first version comparison (~800 objects at start-up otherwise)
+    from packaging.version import Version
 
 
 @functools.cache
@@ -24,6 +26,8 @@ def module_available(module_name: str) -> bool:
 
 def package_version(distribution: str) -> Version | None:
     """The installed version of a distribution, or ``None`` when it is not installed."""
+    from packaging.version import Version
+
     try:
         return Version(version(distribution))
     except PackageNotFoundError:
@@ -58,7 +62,7 @@ class OptionalDependency:
         if self.min_version is None:
             return True
         installed = package_version(self.distribution)
-        return installed is not None and installed >= Version(self.min_version)
+        return installed is not None and installed >= type(installed)(self.min_version)
 
     def __bool__(self) -> bool:
         return self.available

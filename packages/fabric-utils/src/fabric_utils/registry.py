@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -23,6 +24,16 @@ class RegistryEntry(Generic[_T]):
     description: str = ""
 
 
+@dataclass(frozen=True)
+class _DeferredEntry:
+    """A name whose factory is imported from ``target`` (``"module:attribute"``) when the name is first looked up."""
+
+    name: str
+    target: str
+    init_kwargs: dict[str, Any]
+    description: str
+
+
 class Registry(Generic[_T]):
     """Maps names to factories (usually classes) plus default keyword arguments.
 
@@ -30,12 +41,16 @@ class Registry(Generic[_T]):
     as ``entry_point_group``. An entry point may load to a class, which is registered under the entry point's name,
     or to a function, which is called with the registry and registers what it wants. Entry points are loaded
     lazily, the first time the registry is queried; one that fails to load is reported with a warning and skipped.
+
+    A name registered with :meth:`register_deferred` names its factory as ``"module:attribute"``: the module is
+    imported when that name is first looked up, so listing names and descriptions imports nothing.
     """
 
     def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._entries: dict[str, RegistryEntry[_T]] = {}
+        self._deferred: dict[str, _DeferredEntry] = {}
         self._entry_points_loaded = entry_point_group is None
 
     def register(
@@ -54,23 +69,46 @@ class Registry(Generic[_T]):
         def do_register(fn: Callable[..., _T]) -> Callable[..., _T]:
             if not callable(fn):
                 raise TypeError(f"A {self.kind} must be registered with a class or a callable, got {fn!r}")
-            if name in self._entries and not override:
-                raise ValueError(
-                    f"The {self.kind} name {name!r} is already registered to {self._entries[name].factory!r}."
-                    " Pass `override=True` to replace it."
-                )
+            self._refuse_taken(name, override)
             doc = description or _first_doc_line(fn)
             self._entries[name] = RegistryEntry(name=name, factory=fn, init_kwargs=dict(init_kwargs), description=doc)
+            self._deferred.pop(name, None)
             return fn
 
         if factory is not None:
             return do_register(factory)
         return do_register
 
+    def register_deferred(
+        self, name: str, target: str, *, description: str, override: bool = False, **init_kwargs: Any
+    ) -> None:
+        """Register the factory found at ``target`` (``"package.module:Attribute"``) under ``name`` without importing
+        it; the import happens on the first :meth:`entry`, :meth:`get` or :meth:`create` of ``name``."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"A {self.kind} name must be a non-empty string, got {name!r}")
+        module, _, attribute = target.partition(":") if isinstance(target, str) else ("", "", "")
+        if not module or not attribute:
+            raise ValueError(f"A deferred {self.kind} target must read 'package.module:Attribute', got {target!r}")
+        self._refuse_taken(name, override)
+        self._entries.pop(name, None)
+        self._deferred[name] = _DeferredEntry(name, target, dict(init_kwargs), description)
+
+    def _refuse_taken(self, name: str, override: bool) -> None:
+        if override:
+            return
+        taken = (
+            self._entries[name].factory if name in self._entries else getattr(self._deferred.get(name), "target", None)
+        )
+        if taken is not None:
+            raise ValueError(
+                f"The {self.kind} name {name!r} is already registered to {taken!r}. Pass `override=True` to replace it."
+            )
+
     def remove(self, name: str) -> None:
         """Forget ``name``; unknown names raise ``UnknownNameError`` listing the known ones."""
-        self.entry(name)
-        del self._entries[name]
+        if not isinstance(name, str) or self._deferred.pop(name, None) is None:
+            self.entry(name)
+            del self._entries[name]
 
     def _ensure_entry_points(self) -> None:
         if self._entry_points_loaded:
@@ -98,7 +136,21 @@ class Registry(Generic[_T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):  # TypeError: an unhashable "name"
-            raise UnknownNameError(self.unknown_message(name)) from None
+            pass
+        deferred = self._deferred.get(name) if isinstance(name, str) else None
+        if deferred is None:
+            raise UnknownNameError(self.unknown_message(name))
+        return self._load_deferred(deferred)
+
+    def _load_deferred(self, deferred: _DeferredEntry) -> RegistryEntry[_T]:
+        module, _, attribute = deferred.target.partition(":")
+        factory = getattr(importlib.import_module(module), attribute)
+        entry: RegistryEntry[_T] = RegistryEntry(
+            name=deferred.name, factory=factory, init_kwargs=deferred.init_kwargs, description=deferred.description
+        )
+        self._entries[deferred.name] = entry
+        del self._deferred[deferred.name]
+        return entry
 
     def get(self, name: str) -> Callable[..., _T]:
         """The factory registered under ``name``."""
@@ -119,22 +171,27 @@ class Registry(Generic[_T]):
     def names(self) -> list[str]:
         """The registered names, sorted."""
         self._ensure_entry_points()
-        return sorted(self._entries)
+        return sorted([*self._entries, *self._deferred])
 
     def descriptions(self) -> dict[str, str]:
         self._ensure_entry_points()
-        return {name: self._entries[name].description for name in sorted(self._entries)}
+        known = {name: entry.description for name, entry in self._deferred.items()}
+        known.update((name, entry.description) for name, entry in self._entries.items())
+        return {name: known[name] for name in sorted(known)}
 
     def __contains__(self, name: object) -> bool:
         self._ensure_entry_points()
-        return name in self._entries
+        try:
+            return name in self._entries or name in self._deferred
+        except TypeError:  # an unhashable "name"
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
         self._ensure_entry_points()
-        return len(self._entries)
+        return len(self._entries) + len(self._deferred)
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, names={self.names()})"

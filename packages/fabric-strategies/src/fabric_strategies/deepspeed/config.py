@@ -259,38 +259,3 @@ def build_config(
     if isinstance(config, DeepSpeedConfig):
         return config.to_dict(), config
     return complete_raw_config(read_config(config)), None
-
-
-#: the registry names of DeepSpeedStrategy: (name, description, DeepSpeedConfig options)
-REGISTERED_CONFIGURATIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("deepspeed", "DeepSpeed with its default ZeRO stage 2 (optimizer states and gradients sharded).", {}),
-    ("deepspeed_stage_1", "DeepSpeed ZeRO stage 1: optimizer states sharded across processes.", {"stage": 1}),
-    (
-        "deepspeed_stage_1_offload",
-        "DeepSpeed ZeRO stage 1 with optimizer states offloaded to CPU memory.",
-        {"stage": 1, "offload_optimizer": True},
-    ),
-    ("deepspeed_stage_2", "DeepSpeed ZeRO stage 2: optimizer states and gradients sharded.", {"stage": 2}),
-    (
-        "deepspeed_stage_2_offload",
-        "DeepSpeed ZeRO stage 2 with optimizer states offloaded to CPU memory.",
-        {"stage": 2, "offload_optimizer": True},
-    ),
-    ("deepspeed_stage_3", "DeepSpeed ZeRO stage 3: optimizer states, gradients and parameters sharded.", {"stage": 3}),
-    (
-        "deepspeed_stage_3_offload",
-        "DeepSpeed ZeRO stage 3 with optimizer states and parameters offloaded to CPU memory.",
-        {"stage": 3, "offload_optimizer": True, "offload_parameters": True},
-    ),
-    (
-        "deepspeed_stage_3_offload_nvme",
-        "DeepSpeed ZeRO stage 3 with optimizer states and parameters offloaded to NVMe (ZeRO-Infinity).",
-        {
-            "stage": 3,
-            "offload_optimizer": True,
-            "offload_parameters": True,
-            "offload_optimizer_device": "nvme",
-            "offload_params_device": "nvme",
-        },
-    ),
-)

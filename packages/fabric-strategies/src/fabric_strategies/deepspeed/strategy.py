@@ -21,6 +21,7 @@ from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import DeepSpeedPrecision, Precision
 from fabric_strategies.base import Strategy
+from fabric_strategies.catalog import register_listed_class
 from fabric_strategies.checkpoint import StateFilter
 from fabric_strategies.deepspeed.checkpoint import (
     find_engine,
@@ -29,7 +30,7 @@ from fabric_strategies.deepspeed.checkpoint import (
     load_engine_module,
     save_engine_checkpoint,
 )
-from fabric_strategies.deepspeed.config import REGISTERED_CONFIGURATIONS, DeepSpeedConfig, build_config, zero_stage_of
+from fabric_strategies.deepspeed.config import DeepSpeedConfig, build_config, zero_stage_of
 from fabric_strategies.deepspeed.precision import (
     DEEPSPEED_PRECISIONS,
     check_deepspeed_precision,
@@ -440,8 +441,7 @@ class DeepSpeedStrategy(ParallelStrategy):
     @classmethod
     @override
     def register_strategies(cls, registry: Registry[Strategy]) -> None:
-        for name, description, options in REGISTERED_CONFIGURATIONS:
-            registry.register(name, cls, description=description, **options)
+        register_listed_class(registry, cls, listed_as=DeepSpeedStrategy)
 
     @override
     def __getstate__(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import Precision
 from fabric_strategies.base import Strategy
+from fabric_strategies.catalog import register_listed_class
 from fabric_strategies.fsdp.base import ShardedStrategy, StartMethod, StateDictType
 from fabric_strategies.fsdp.mesh import (
     ShardingStrategyName,
@@ -209,17 +210,7 @@ class FSDPStrategy(ShardedStrategy):
     @classmethod
     @override
     def register_strategies(cls, registry: Registry[Strategy]) -> None:
-        registry.register(
-            "fsdp",
-            cls,
-            description="Fully sharded data parallel with FSDP2: parameters, gradients and optimizer state sharded.",
-        )
-        registry.register(
-            "fsdp_cpu_offload",
-            cls,
-            description="fsdp with parameters, gradients and optimizer state offloaded to CPU memory.",
-            cpu_offload=True,
-        )
+        register_listed_class(registry, cls, listed_as=FSDPStrategy)
 
     @override
     def __repr__(self) -> str:
