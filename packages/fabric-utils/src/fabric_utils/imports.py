@@ -61,8 +61,10 @@ class OptionalDependency:
             return False
         if self.min_version is None:
             return True
+        from packaging.version import Version
+
         installed = package_version(self.distribution)
-        return installed is not None and installed >= type(installed)(self.min_version)
+        return installed is not None and installed >= Version(self.min_version)
 
     def __bool__(self) -> bool:
         return self.available
