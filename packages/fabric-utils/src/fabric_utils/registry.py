@@ -94,15 +94,13 @@ class Registry(Generic[_T]):
         self._deferred[name] = _DeferredEntry(name, target, dict(init_kwargs), description)
 
     def _refuse_taken(self, name: str, override: bool) -> None:
-        if override:
+        """``ValueError`` when ``name`` is registered already (loaded or deferred), unless ``override``."""
+        if override or (name not in self._entries and name not in self._deferred):
             return
-        taken = (
-            self._entries[name].factory if name in self._entries else getattr(self._deferred.get(name), "target", None)
+        taken = self._entries[name].factory if name in self._entries else self._deferred[name].target
+        raise ValueError(
+            f"The {self.kind} name {name!r} is already registered to {taken!r}. Pass `override=True` to replace it."
         )
-        if taken is not None:
-            raise ValueError(
-                f"The {self.kind} name {name!r} is already registered to {taken!r}. Pass `override=True` to replace it."
-            )
 
     def remove(self, name: str) -> None:
         """Forget ``name``; unknown names raise ``UnknownNameError`` listing the known ones."""
