@@ -12,8 +12,10 @@ PUBLIC = [
     "AsyncCheckpointIO",
     "CheckpointIO",
     "TorchCheckpointIO",
+    "UnsafeCheckpointError",
     "XLACheckpointIO",
     "atomic_save",
+    "check_path",
     "check_sharded_checkpoint",
     "exists",
     "get_filesystem",
@@ -26,6 +28,7 @@ PUBLIC = [
     "read_sharded_metadata",
     "refused_global",
     "remove_path",
+    "resolve_inside",
     "save_sharded_checkpoint",
 ]
 

@@ -53,6 +53,7 @@ def test_replacing_keeps_the_old_checkpoint_until_the_new_one_is_complete(tmp_pa
     with pytest.raises(Exception, match="pickle"):
         save_sharded_checkpoint({"w": FULL * 2, "lock": threading.Lock()}, path)  # fails while writing shards
     assert is_sharded_checkpoint(path), "the failed save destroyed the previous checkpoint"
+    assert _siblings(path) == ["ckpt"], "the failed save left its staging directory behind"
     target = {"w": torch.zeros(8, 2)}
     load_sharded_checkpoint(target, path)
     torch.testing.assert_close(target["w"], FULL)
@@ -138,11 +139,7 @@ def test_a_failed_save_after_an_interrupted_one_leaves_the_recovered_checkpoint_
         save_sharded_checkpoint({"w": FULL * 3, "lock": threading.Lock()}, path)
     assert path.is_dir(), "the interrupted save's complete checkpoint was put back at the target"
     torch.testing.assert_close(_weights(path), FULL * 2)
-    # only the failed save's own unmarked staging directory is left (the next save removes it)
-    assert _siblings(path) == [".ckpt.partial", "ckpt"]
-    assert not (tmp_path / ".ckpt.partial" / COMPLETE_FILE).exists()
-    os.rename(path, tmp_path / "elsewhere")
-    assert not is_sharded_checkpoint(path), "an unmarked staging directory is never taken for a checkpoint"
+    assert _siblings(path) == ["ckpt"], "the failed save removed its own staging directory"
 
 
 def test_an_unmarked_staging_directory_is_never_loaded(tmp_path: Path) -> None:
@@ -269,6 +266,7 @@ def _failures_across_ranks(rank: int, world_size: int, path: str, unrelated: str
         outcome["failed_save"] = type(err).__name__
     dist.barrier()
     outcome["still_complete"] = is_sharded_checkpoint(path)
+    outcome["siblings"] = sorted(os.listdir(os.path.dirname(path)))
     target = _sharded_state(world_size, 0.0)
     load_sharded_checkpoint(target, path)
     outcome["kept"] = target["w"].to_local().tolist()
@@ -298,6 +296,7 @@ def test_failures_are_raised_on_every_rank_and_keep_the_old_checkpoint(tmp_path:
     for rank, result in enumerate(results):
         assert result.get("failed_save") == "TypeError", f"rank {rank} did not see the failed save"
         assert result["still_complete"]
+        assert ".ckpt.partial" not in result["siblings"], "the failed save left its staging directory behind"
         assert result["kept"] == FULL[rank * 4 : (rank + 1) * 4].tolist()
         assert "not a sharded checkpoint" in result["refused"]
         assert "incomplete" in result["incomplete"]

@@ -20,6 +20,7 @@ EXPECTED = [
     "destroy_process_group_cleanly",
     "find_free_port",
     "run_processes",
+    "small_filesystem",
 ]
 
 

@@ -3,7 +3,9 @@
 from fabric_io.async_io import AsyncCheckpointIO
 from fabric_io.atomic import atomic_save
 from fabric_io.base import CheckpointIO
+from fabric_io.errors import UnsafeCheckpointError, resolve_inside
 from fabric_io.filesystem import (
+    check_path,
     exists,
     get_filesystem,
     is_remote_path,
@@ -12,14 +14,8 @@ from fabric_io.filesystem import (
     makedirs,
     remove_path,
 )
-from fabric_io.sharded import (
-    METADATA_FILE,
-    check_sharded_checkpoint,
-    is_sharded_checkpoint,
-    load_sharded_checkpoint,
-    read_sharded_metadata,
-    save_sharded_checkpoint,
-)
+from fabric_io.sharded import METADATA_FILE, check_sharded_checkpoint, is_sharded_checkpoint, save_sharded_checkpoint
+from fabric_io.sharded_read import load_sharded_checkpoint, read_sharded_metadata
 from fabric_io.torch_io import TorchCheckpointIO, refused_global
 from fabric_io.xla import XLACheckpointIO
 
@@ -30,8 +26,10 @@ __all__ = [
     "AsyncCheckpointIO",
     "CheckpointIO",
     "TorchCheckpointIO",
+    "UnsafeCheckpointError",
     "XLACheckpointIO",
     "atomic_save",
+    "check_path",
     "check_sharded_checkpoint",
     "exists",
     "get_filesystem",
@@ -44,5 +42,6 @@ __all__ = [
     "read_sharded_metadata",
     "refused_global",
     "remove_path",
+    "resolve_inside",
     "save_sharded_checkpoint",
 ]

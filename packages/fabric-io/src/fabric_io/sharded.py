@@ -11,7 +11,11 @@ before the first rename ``NAME`` is the old checkpoint; after the second it is t
 sibling instead, preferring the new one (``.NAME.partial`` carrying the completion marker) over the old one. The next
 save puts that sibling back in place and removes every leftover before it writes anything. A directory that is
 deleted is first stripped of its markers, so a half-deleted one never looks complete. ``load_sharded_checkpoint``
-refuses a directory without ``.metadata`` instead of half-loading it.
+refuses a directory without ``.metadata`` instead of half-loading it. A save that fails (a full disk, an object that
+cannot be pickled, ...) deletes its staging directory before it raises, and a full disk is reported as one
+(``OSError`` with errno ``ENOSPC``: "No space left on device while saving <path>").
+
+Reading goes through ``fabric_io.sharded_read``, which never runs code from a checkpoint unless told to.
 
 These functions are collective when a process group is initialised: every rank of the group must call them. The
 directory must be on a filesystem that every rank sees (local disk for one node, a shared filesystem otherwise).
@@ -25,15 +29,13 @@ import pickle
 import shutil
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch.distributed as dist
 
+from fabric_io.errors import UnsafeCheckpointError, no_space_error
 from fabric_io.filesystem import exists, fsync_directory, is_remote_path, isdir, join_path, local_path
 from fabric_utils import PathLike
-
-if TYPE_CHECKING:
-    from torch.distributed.checkpoint.metadata import Metadata
 
 METADATA_FILE = ".metadata"
 """The file DCP writes last; its presence marks a complete sharded checkpoint."""
@@ -68,55 +70,23 @@ def save_sharded_checkpoint(
     _on_rank_zero(_prepare_staging, (target, staging), process_group, distributed)
     import torch.distributed.checkpoint as dcp  # imported on use: it takes a second to import
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
-        try:
-            dcp.save(state_dict, checkpoint_id=staging, process_group=process_group, no_dist=not distributed)
-        except dcp.CheckpointException as err:
-            raise _unwrap("Saving", path, err) from err
-    _on_rank_zero(_commit, (staging, target, previous), process_group, distributed)
-
-
-def load_sharded_checkpoint(
-    state_dict: dict[str, Any],
-    path: PathLike,
-    *,
-    strict: bool = True,
-    process_group: dist.ProcessGroup | None = None,
-) -> dict[str, Any]:
-    """Load the DCP checkpoint at ``path`` into ``state_dict`` in place (resharding to this run's layout); return it.
-
-    Raises ``FileNotFoundError`` when ``path`` does not exist and ``ValueError`` when it is not a complete sharded
-    checkpoint (a file, or a directory without ``.metadata``: an interrupted save). With ``strict=False`` keys of
-    ``state_dict`` that the checkpoint lacks are left as they are instead of raising (``RuntimeError`` naming the
-    missing key with ``strict=True``; a shape mismatch raises ``ValueError``).
-    """
-    directory = check_sharded_checkpoint(path)
-    distributed = dist.is_available() and dist.is_initialized()
-    import torch.distributed.checkpoint as dcp  # imported on use: it takes a second to import
-
-    planner = dcp.DefaultLoadPlanner(allow_partial_load=not strict)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to (load|save) in a single process")
-        try:
-            dcp.load(
-                state_dict,
-                checkpoint_id=directory,
-                planner=planner,
-                process_group=process_group,
-                no_dist=not distributed,
-            )
-        except dcp.CheckpointException as err:
-            raise _unwrap("Loading", path, err) from err
-    return state_dict
-
-
-def read_sharded_metadata(path: PathLike) -> Metadata:
-    """The DCP metadata of the checkpoint at ``path`` (``.state_dict_metadata`` maps each saved key to its shape)."""
-    directory = check_sharded_checkpoint(path)
-    import torch.distributed.checkpoint as dcp  # imported on use: it takes a second to import
-
-    return dcp.FileSystemReader(directory).read_metadata()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
+            try:
+                dcp.save(state_dict, checkpoint_id=staging, process_group=process_group, no_dist=not distributed)
+            except dcp.CheckpointException as err:
+                raise unwrap_checkpoint_error("Saving", path, err) from err
+        _on_rank_zero(_commit, (staging, target, previous), process_group, distributed)
+    except BaseException as err:
+        # DCP raises on every rank once every rank has stopped writing (and a failed commit raises on all of them
+        # after rank 0 stopped), so rank 0 can remove the staging directory without waiting for the others
+        if not distributed or dist.get_rank(process_group) == 0:
+            _discard(staging, target, previous)
+        disk_full = no_space_error(path, err)
+        if disk_full is not None and disk_full.args != err.args:  # a full disk, not reported as one yet
+            raise disk_full from err
+        raise
 
 
 def check_sharded_checkpoint(path: PathLike) -> str:
@@ -147,13 +117,20 @@ def check_sharded_checkpoint(path: PathLike) -> str:
     return directory
 
 
-def _unwrap(action: str, path: PathLike, err: BaseException) -> Exception:
+def unwrap_checkpoint_error(action: str, path: PathLike, err: BaseException) -> Exception:
     """DCP's ``CheckpointException`` (a BaseException that ``except Exception`` misses) as a plain exception.
 
     It keeps the failing ranks' exception type when they agree on a common one (``RuntimeError`` for a missing key,
-    ``ValueError`` for a shape mismatch, ``TypeError`` for an object that cannot be pickled, ``OSError``...).
+    ``ValueError`` for a shape mismatch, ``TypeError`` for an object that cannot be pickled, ``OSError``...). A
+    refusal of the restricted load (``UnsafeCheckpointError``) and a full disk come out as they are.
     """
-    failures = {rank: failure[0] for rank, failure in getattr(err, "failures", {}).items()}
+    failures = {rank: failure[0] for rank, failure in (getattr(err, "failures", None) or {}).items()}
+    for failure in failures.values():
+        if isinstance(failure, UnsafeCheckpointError):
+            return UnsafeCheckpointError(str(failure))
+        disk_full = no_space_error(path, failure) if action == "Saving" else None
+        if disk_full is not None:
+            return disk_full
     summary = "; ".join(f"rank {rank}: {type(exc).__name__}: {exc}" for rank, exc in sorted(failures.items()))
     message = f"{action} the sharded checkpoint {os.fspath(path)!r} failed ({summary or err})"
     kinds = {type(exc) for exc in failures.values()}
@@ -233,6 +210,16 @@ def _commit(staging: str, target: str, previous: str) -> None:
     os.rename(staging, target)
     fsync_directory(os.path.dirname(target))
     _remove(previous)
+
+
+def _discard(staging: str, target: str, previous: str) -> None:
+    """Undo a save that failed: put the checkpoint it was replacing back at ``target`` (where a failed commit had
+    moved it aside) and delete the staging directory. Errors of the clean-up itself are left to the next save,
+    which removes every leftover, so that the save's own error is the one raised."""
+    with contextlib.suppress(OSError):
+        if not os.path.lexists(target) and os.path.lexists(previous):
+            os.rename(previous, target)
+        _remove(staging)
 
 
 def _mark_complete(directory: str) -> None:

@@ -8,6 +8,7 @@ is refused by every load path before DeepSpeed reads it, and only ``weights_only
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -193,3 +194,24 @@ def test_the_tag_comes_from_the_latest_file(tmp_path: Path) -> None:
         trusted_tag(None, str(tmp_path), True)
     assert trusted_tag(None, str(tmp_path), False) == "step-9"  # trusted: nothing is read here
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("weights_only", [None, False])
+def test_the_tag_and_its_files_stay_inside_the_checkpoint(tmp_path: Path, weights_only: bool | None) -> None:
+    other = tmp_path / "other" / "checkpoint"
+    other.mkdir(parents=True)
+    torch.save({"w": torch.ones(2)}, other / "mp_rank_00_model_states.pt")
+    directory = tmp_path / "ckpt"
+    (directory / "checkpoint").mkdir(parents=True)
+    for tag in ("../other/checkpoint", str(other)):
+        (directory / "latest").write_text(tag)
+        with pytest.raises(UnsafeCheckpointError, match=re.escape(repr(tag)) + ".*outside the checkpoint directory"):
+            trusted_tag(None, str(directory), weights_only)
+    (directory / "latest").write_text("checkpoint")
+    os.symlink(other / "mp_rank_00_model_states.pt", directory / "checkpoint" / "mp_rank_00_model_states.pt")
+    with pytest.raises(UnsafeCheckpointError, match=r"'mp_rank_00_model_states\.pt'.*outside"):
+        trusted_tag(None, str(directory), weights_only)
+    os.remove(directory / "checkpoint" / "mp_rank_00_model_states.pt")
+    os.symlink(other, directory / "checkpoint" / "zero")
+    with pytest.raises(UnsafeCheckpointError, match=r"'zero'.*outside"):
+        trusted_tag(None, str(directory), weights_only)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
+import re
 
 import pytest
 import torch
 
+import fabric_io
 from fabric_io import METADATA_FILE, save_sharded_checkpoint
+from fabric_io import read_sharded_metadata as read_metadata
 from fabric_strategies import UnsafeCheckpointError, consolidate_sharded_checkpoint
 from fabric_strategies.fsdp import read_sharded_checkpoint
-from fabric_strategies.fsdp.dcp_io import metadata_template, read_metadata, set_nested, top_level_keys
+from fabric_strategies.fsdp.dcp_io import metadata_template, set_nested, top_level_keys
 
 
 class Payload:
@@ -77,7 +81,7 @@ def test_metadata_template_matches_the_checkpoint(tmp_path):
 
 def test_entries_that_are_not_plain_data_are_refused_unless_trusted(tmp_path):
     save_sharded_checkpoint({"weights": torch.ones(2), "payload": Payload()}, tmp_path / "ckpt")
-    with pytest.raises(UnsafeCheckpointError, match=r"'payload'.*weights_only=True.*GLOBAL"):
+    with pytest.raises(UnsafeCheckpointError, match=r"entry 'payload' holds .*weights_only=True"):
         read_sharded_checkpoint(tmp_path / "ckpt")
     with pytest.raises(UnsafeCheckpointError):
         consolidate_sharded_checkpoint(tmp_path / "ckpt", tmp_path / "out.pt")
@@ -109,3 +113,29 @@ def test_bad_paths_are_named(tmp_path):
         consolidate_sharded_checkpoint(tmp_path / "ckpt", tmp_path / "a_directory")
     with pytest.raises(ValueError, match=r"replace the checkpoint"):
         consolidate_sharded_checkpoint(tmp_path / "ckpt", tmp_path / "ckpt")
+
+
+def test_the_error_is_fabric_ios():
+    assert UnsafeCheckpointError is fabric_io.UnsafeCheckpointError
+    assert issubclass(UnsafeCheckpointError, ValueError)
+
+
+@pytest.mark.parametrize("weights_only", [True, False])
+def test_storage_files_outside_the_directory_are_never_read(tmp_path, weights_only):
+    save_sharded_checkpoint({"weights": torch.zeros(2)}, tmp_path / "ckpt")
+    save_sharded_checkpoint({"weights": torch.ones(2)}, tmp_path / "other")
+    shard = next(name for name in os.listdir(tmp_path / "other") if name.endswith(".distcp"))
+    with open(tmp_path / "ckpt" / METADATA_FILE, "rb") as file:
+        metadata = pickle.load(file)
+    metadata.storage_data = {
+        index: dataclasses.replace(info, relative_path=f"../other/{shard}")
+        for index, info in metadata.storage_data.items()
+    }
+    with open(tmp_path / "ckpt" / METADATA_FILE, "wb") as file:
+        pickle.dump(metadata, file)
+    bad = re.escape(repr(f"../other/{shard}")) + ".*outside the checkpoint directory"
+    with pytest.raises(UnsafeCheckpointError, match=bad):
+        consolidate_sharded_checkpoint(tmp_path / "ckpt", tmp_path / "out.pt", weights_only=weights_only)
+    assert not (tmp_path / "out.pt").exists()
+    with pytest.raises(UnsafeCheckpointError, match=bad):
+        read_sharded_checkpoint(tmp_path / "ckpt", weights_only=weights_only)

@@ -1,5 +1,6 @@
 """fabric-testing (dev only): pytest markers, hygiene fixtures, a real multi-process launcher and tiny models."""
 
+from fabric_testing.disk import small_filesystem
 from fabric_testing.hygiene import Snapshot, check_and_restore, child_pids
 from fabric_testing.launcher import (
     DistributedTestError,
@@ -26,4 +27,5 @@ __all__ = [
     "destroy_process_group_cleanly",
     "find_free_port",
     "run_processes",
+    "small_filesystem",
 ]

@@ -1,11 +1,13 @@
-"""The pytest plugin (entry point ``pytest11``): markers, hardware-session selection and hygiene fixtures."""
+"""The pytest plugin (entry point ``pytest11``): markers, hardware selection, hygiene fixtures and ``small_disk``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from fabric_testing.disk import small_filesystem
 from fabric_testing.hygiene import Snapshot, check_and_restore
 
 HARDWARE_MARKERS = ("cuda", "xla", "mps")
@@ -66,3 +68,11 @@ def fabric_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
     problems = check_and_restore(before)
     if problems:
         pytest.fail("test hygiene: " + "; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a real 2 MiB filesystem (a tmpfs mounted for the test): writing more there fails with
+    ``ENOSPC``. Skips where mounting is not permitted (see ``fabric_testing.small_filesystem``)."""
+    with small_filesystem(tmp_path / "small-disk", "2m") as directory:
+        yield directory

@@ -5,6 +5,9 @@ load hands a directory to DeepSpeed, every torch file of the checkpoint tag it w
 ``torch.load(weights_only=True)`` (memory-mapped: only the pickled structure is parsed), which allows tensors, plain
 data and the few DeepSpeed records its ZeRO checkpoints hold (``_DEEPSPEED_RECORDS``); anything else refuses the load
 with ``UnsafeCheckpointError`` naming the file. ``weights_only=False`` skips the check.
+
+Either way the tag that ``latest`` names, and every file under it, must lie inside the checkpoint directory (symbolic
+links followed): a ``latest`` of ``../other_run/checkpoint`` would make DeepSpeed load another checkpoint.
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fabric_io import is_remote_path, refused_global
-from fabric_strategies.checkpoint import StateFilter, check_strict_keys, restore_state, to_checkpoint
-from fabric_strategies.fsdp.dcp_io import UnsafeCheckpointError
+from fabric_io import UnsafeCheckpointError, is_remote_path, refused_global, resolve_inside
+from fabric_strategies.checkpoint import StateFilter, check_strict_keys, loading, restore_state, to_checkpoint
 from fabric_utils import DEEPSPEED, PathLike
 
 if TYPE_CHECKING:
@@ -145,14 +147,15 @@ def load_engine_checkpoint(
     entries = engine_entries(strategy.engines, state, "load")
     tag = trusted_tag(entries.engine, directory, weights_only)
     with_optimizer = bool(entries.optimizer_keys)
-    _, client_state = entries.engine.load_checkpoint(
-        directory,
-        tag=tag,
-        load_module_strict=strict,
-        load_optimizer_states=with_optimizer,
-        load_lr_scheduler_states=False,
-        load_module_only=not with_optimizer,
-    )
+    with loading(directory, entries.model_key):
+        _, client_state = entries.engine.load_checkpoint(
+            directory,
+            tag=tag,
+            load_module_strict=strict,
+            load_optimizer_states=with_optimizer,
+            load_lr_scheduler_states=False,
+            load_module_only=not with_optimizer,
+        )
     if client_state is None:
         raise FileNotFoundError(f"No DeepSpeed checkpoint at {directory!r} (tag {tag!r}).")
     client_state = dict(client_state)
@@ -163,7 +166,7 @@ def load_engine_checkpoint(
         available = {saved_keys["model"], *saved_keys["optimizers"], *client_state}
         check_strict_keys([entries.model_key, *entries.optimizer_keys], available, strict)
     others = {key: obj for key, obj in state.items() if key not in entries.keys}
-    remainder = restore_state(strategy, others, client_state, strict)
+    remainder = restore_state(strategy, others, client_state, strict, path=directory)
     state.update(others)  # plain values were replaced in `others`
     return remainder
 
@@ -172,7 +175,8 @@ def load_engine_module(engine: Any, path: PathLike, strict: bool, weights_only: 
     """Load only the module weights of the DeepSpeed checkpoint at ``path`` into ``engine`` (files checked first)."""
     directory = check_local_path(path)
     tag = trusted_tag(engine, directory, weights_only)
-    engine.load_checkpoint(directory, tag=tag, load_module_strict=strict, load_module_only=True)
+    with loading(directory, engine.module):
+        engine.load_checkpoint(directory, tag=tag, load_module_strict=strict, load_module_only=True)
 
 
 def trusted_tag(engine: Any, directory: str, weights_only: bool | None) -> str:
@@ -191,18 +195,29 @@ def trusted_tag(engine: Any, directory: str, weights_only: bool | None) -> str:
             f"No DeepSpeed checkpoint at {directory!r}: it needs the {pointer!r} file that save writes next to the"
             f" {CHECKPOINT_TAG!r} directory, naming the tag to load."
         )
+    tag_directory = resolve_inside(directory, tag, what=f"checkpoint tag (in its {pointer!r} file)")
+    _files_inside(tag_directory)  # with weights_only=False too
     if weights_only is not False:
-        check_weights_only(os.path.join(directory, tag))
+        check_weights_only(tag_directory)
     return tag
+
+
+def _files_inside(tag_directory: str) -> list[str]:
+    """Every file under ``tag_directory`` (what DeepSpeed reads); each one, and each folder on the way, checked to
+    lie inside it (a symbolic link may not lead out)."""
+    found = []
+    for root, folders, names in os.walk(tag_directory):
+        for name in [*folders, *names]:
+            resolve_inside(tag_directory, os.path.relpath(os.path.join(root, name), tag_directory))
+        found.extend(os.path.join(root, name) for name in names)
+    return sorted(found)
 
 
 def check_weights_only(tag_directory: str) -> None:
     """Read every torch file (``*.pt``) under ``tag_directory`` with ``torch.load(weights_only=True)``; raise
     ``UnsafeCheckpointError`` naming the first file that holds anything else than tensors, plain data and
-    DeepSpeed's records, and ``ValueError`` naming a file that cannot be read at all."""
-    files = sorted(
-        os.path.join(root, name) for root, _, names in os.walk(tag_directory) for name in names if name.endswith(".pt")
-    )
+    DeepSpeed's records (or lies outside ``tag_directory``), and ``ValueError`` naming a file that cannot be read."""
+    files = [file for file in _files_inside(tag_directory) if file.endswith(".pt")]
     already = torch.serialization.get_safe_globals()  # the user's own: left allowed when the check ends
     records: list[Any] = [record for record in _deepspeed_records() if record not in already]
     for file in files:

@@ -22,9 +22,15 @@ from typing import TYPE_CHECKING, Any
 from torch.nn import Module
 from torch.optim import Optimizer
 
-from fabric_io import is_remote_path, is_sharded_checkpoint, save_sharded_checkpoint
-from fabric_strategies.checkpoint import MissingStateKeyError, StateFilter, check_filter, check_strict_keys
-from fabric_strategies.fsdp.dcp_io import load_into, read_metadata, read_sharded_checkpoint, saved_paths, top_level_keys
+from fabric_io import (
+    is_remote_path,
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    read_sharded_metadata,
+    save_sharded_checkpoint,
+)
+from fabric_strategies.checkpoint import MissingStateKeyError, StateFilter, check_filter, check_strict_keys, loading
+from fabric_strategies.fsdp.dcp_io import read_sharded_checkpoint, saved_paths, top_level_keys
 from fabric_utils import PathLike, Stateful
 
 if TYPE_CHECKING:
@@ -155,12 +161,13 @@ def _load_sharded(
     strict: bool,
     weights_only: bool,
 ) -> dict[str, Any]:
-    metadata = read_metadata(path, weights_only=weights_only)
+    metadata = read_sharded_metadata(path, weights_only=weights_only)
     if isinstance(state, Module):  # a directory that holds a module's raw state dict
         values = module_state(state, full=False)
-        _check_module_keys(values, {str(p[0]) for p in saved_paths(metadata).values()}, strict, "")
-        load_into(values, path, strict=strict, weights_only=weights_only)
-        load_module_state(state, values, strict=strict, full=False)
+        with loading(path, state):
+            _check_module_keys(values, {str(p[0]) for p in saved_paths(metadata).values()}, strict, "")
+            load_sharded_checkpoint(values, path, strict=strict, weights_only=weights_only)
+            load_module_state(state, values, strict=strict, full=False)
         return {}
     if isinstance(state, Optimizer):
         raise TypeError(
@@ -180,15 +187,17 @@ def _load_sharded(
         obj = state[key]
         if isinstance(obj, Module):
             targets[key] = module_state(obj, full=False)
-            _check_module_keys(targets[key], {str(p[1]) for p in paths if p[0] == key and len(p) == 2}, strict, key)
+            with loading(path, key):
+                _check_module_keys(targets[key], {str(p[1]) for p in paths if p[0] == key and len(p) == 2}, strict, key)
         elif isinstance(obj, Optimizer):
             owners[key] = find_module(obj, [*modules, *strategy.setup_modules])
             targets[key] = optimizer_state(owners[key], obj, full=False)
     plain = [key for key in requested if key not in targets]
     targets.update(read_sharded_checkpoint(path, plain, weights_only=weights_only, metadata=metadata) if plain else {})
-    load_into({k: v for k, v in targets.items() if k not in plain}, path, strict=strict, weights_only=weights_only)
+    sharded = {k: v for k, v in targets.items() if k not in plain}
+    load_sharded_checkpoint(sharded, path, strict=strict, weights_only=weights_only)
     for key in requested:
-        _restore(state, key, targets[key], owners.get(key), strict=strict, full=False)
+        _restore(state, key, targets[key], owners.get(key), strict=strict, full=False, path=path)
     leftover = [key for key in available if key not in state]
     return read_sharded_checkpoint(path, leftover, weights_only=weights_only, metadata=metadata) if leftover else {}
 
@@ -207,17 +216,20 @@ def _check_module_keys(values: Mapping[str, Any], saved: set[str], strict: bool,
         )
 
 
-def _restore(state: dict[str, Any], key: str, value: Any, owner: Module | None, *, strict: bool, full: bool) -> None:
+def _restore(
+    state: dict[str, Any], key: str, value: Any, owner: Module | None, *, strict: bool, full: bool, path: PathLike
+) -> None:
     obj = state[key]
-    if isinstance(obj, Module):
-        load_module_state(obj, value, strict=strict, full=full)
-    elif isinstance(obj, Optimizer):
-        assert owner is not None
-        load_optimizer_state(owner, obj, value, full=full)
-    elif isinstance(obj, Stateful):
-        obj.load_state_dict(value)
-    else:
-        state[key] = value
+    with loading(path, key):
+        if isinstance(obj, Module):
+            load_module_state(obj, value, strict=strict, full=full)
+        elif isinstance(obj, Optimizer):
+            assert owner is not None
+            load_optimizer_state(owner, obj, value, full=full)
+        elif isinstance(obj, Stateful):
+            obj.load_state_dict(value)
+        else:
+            state[key] = value
 
 
 def _load_file(
@@ -229,10 +241,13 @@ def _load_file(
 ) -> dict[str, Any]:
     checkpoint = strategy.checkpoint_io.load_checkpoint(path, map_location="cpu", weights_only=weights_only)
     if isinstance(state, Module):
-        load_module_state(state, checkpoint, strict=strict, full=True)
+        with loading(path, state):
+            load_module_state(state, checkpoint, strict=strict, full=True)
         return {}
     if isinstance(state, Optimizer):
-        load_optimizer_state(find_module(state, strategy.setup_modules), state, checkpoint, full=True)
+        owner = find_module(state, strategy.setup_modules)
+        with loading(path, state):
+            load_optimizer_state(owner, state, checkpoint, full=True)
         return {}
     if not state:
         return checkpoint
@@ -243,5 +258,5 @@ def _load_file(
         value = remainder.pop(key)
         obj = state[key]
         owner = find_module(obj, [*modules, *strategy.setup_modules]) if isinstance(obj, Optimizer) else None
-        _restore(state, key, value, owner, strict=strict, full=True)
+        _restore(state, key, value, owner, strict=strict, full=True, path=path)
     return remainder

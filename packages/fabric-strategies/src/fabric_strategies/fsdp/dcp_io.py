@@ -1,9 +1,9 @@
-"""Reading ``torch.distributed.checkpoint`` (DCP) directories without running code from them.
+"""Whole-checkpoint reads of ``torch.distributed.checkpoint`` (DCP) directories: their saved structure, their full
+contents in one process, and consolidation into one file.
 
-DCP reads a directory's ``.metadata`` with plain ``pickle`` and its non-tensor entries with
-``torch.load(weights_only=False)``: a crafted checkpoint could run code. With ``weights_only=True`` (the default
-everywhere here) the metadata goes through an unpickler that only builds DCP's own metadata records, and non-tensor
-entries are read with ``torch.load(weights_only=True)``; anything else raises ``UnsafeCheckpointError``.
+The reading itself is ``fabric_io.load_sharded_checkpoint`` / ``fabric_io.read_sharded_metadata``: restricted by
+default (``weights_only=True``: metadata and non-tensor entries go through restricted unpicklers; anything else raises
+``UnsafeCheckpointError``), and every file the checkpoint names must lie inside its directory.
 
 Saving goes through ``fabric_io.save_sharded_checkpoint`` (a hidden staging directory renamed into place once DCP
 wrote its metadata), so a directory at the target path is always a complete checkpoint.
@@ -11,82 +11,19 @@ wrote its metadata), so a directory at the target path is always a complete chec
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import io
 import itertools
 import os
-import pickle
-import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 
-from fabric_io import METADATA_FILE, atomic_save, check_sharded_checkpoint
-from fabric_utils import PathLike
+from fabric_io import atomic_save, load_sharded_checkpoint, read_sharded_metadata
 
 if TYPE_CHECKING:
-    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import Metadata
 
-#: the globals a DCP metadata file may name besides DCP's own dataclasses and enums
-_ALLOWED_GLOBALS = frozenset(
-    {
-        ("torch", "Size"),
-        ("torch.serialization", "_get_layout"),
-        ("torch.serialization", "_MEM_FORMAT_ENCODING"),
-        ("collections", "OrderedDict"),
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("pathlib", "Path"),
-        ("pathlib", "PosixPath"),
-        ("pathlib", "WindowsPath"),
-        ("pathlib", "PurePosixPath"),
-        ("pathlib", "PureWindowsPath"),
-    }
-)
-_DCP_PACKAGE = "torch.distributed.checkpoint."
-
-
-class UnsafeCheckpointError(ValueError):
-    """A sharded checkpoint holds something other than tensors, DCP metadata and plain data (e.g. a pickled class)."""
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Builds DCP metadata records (dataclasses and enums of ``torch.distributed.checkpoint``) and nothing else."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        if module.startswith(_DCP_PACKAGE):
-            found = super().find_class(module, name)
-            if isinstance(found, type) and (dataclasses.is_dataclass(found) or issubclass(found, enum.Enum)):
-                return found
-        raise UnsafeCheckpointError(
-            f"The checkpoint metadata names {module}.{name}, which is not a checkpoint metadata type; refusing to "
-            "unpickle it (it could run code). Pass weights_only=False only if you trust where the checkpoint came from."
-        )
-
-
-def read_metadata(path: PathLike, *, weights_only: bool = True) -> Metadata:
-    """The DCP ``Metadata`` of the complete sharded checkpoint at ``path`` (errors name the path otherwise)."""
-    directory = check_sharded_checkpoint(path)
-    from torch.distributed.checkpoint.metadata import Metadata
-
-    with open(os.path.join(directory, METADATA_FILE), "rb") as file:
-        try:
-            metadata = _MetadataUnpickler(file).load() if weights_only else pickle.load(file)
-        except UnsafeCheckpointError:
-            raise
-        except Exception as err:
-            raise ValueError(f"The metadata of the sharded checkpoint {os.fspath(path)!r} is corrupt: {err}") from err
-    if not isinstance(metadata, Metadata):
-        raise ValueError(f"{os.fspath(path)!r}: {METADATA_FILE} holds {type(metadata).__name__}, not DCP metadata")
-    return metadata
+    from fabric_utils import PathLike
 
 
 def saved_paths(metadata: Metadata) -> dict[str, tuple[Any, ...]]:
@@ -103,8 +40,8 @@ def top_level_keys(metadata: Metadata) -> list[str]:
 def metadata_template(metadata: Metadata, keys: Iterable[str] | None = None) -> dict[str, Any]:
     """A nested state with the saved structure: empty tensors of the saved shapes and dtypes, ``None`` for other data.
 
-    Loading into it (``load_into``) fills it with the full, unsharded contents. ``keys`` limits it to some top-level
-    keys.
+    Loading into it (``fabric_io.load_sharded_checkpoint``) fills it with the full, unsharded contents. ``keys``
+    limits it to some top-level keys.
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -149,79 +86,6 @@ def _grow(items: list[Any], index: int) -> None:
     items.extend([None] * (index + 1 - len(items)))
 
 
-def _reader(directory: str, weights_only: bool) -> FileSystemReader:
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import StorageMeta
-
-    if not weights_only:
-        return FileSystemReader(directory)
-
-    class _SafeReader(FileSystemReader):
-        def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-            metadata = read_metadata(directory, weights_only=True)
-            storage_meta = getattr(metadata, "storage_meta", None) or StorageMeta()
-            storage_meta.load_id = getattr(self, "load_id", None)
-            metadata.storage_meta = storage_meta
-            return metadata
-
-    return _SafeReader(directory)
-
-
-def _planner(strict: bool, weights_only: bool) -> Any:
-    from torch.distributed.checkpoint import DefaultLoadPlanner
-
-    if not weights_only:
-        return DefaultLoadPlanner(allow_partial_load=not strict)
-
-    class _WeightsOnlyPlanner(DefaultLoadPlanner):
-        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-            fqn = read_item.dest_index.fqn
-            try:
-                loaded = torch.load(value, weights_only=True)
-            except pickle.UnpicklingError as err:
-                raise UnsafeCheckpointError(
-                    f"The checkpoint entry {fqn!r} is not plain data, so weights_only=True refuses it"
-                    f" ({_refusal(err)}). Pass weights_only=False only if you trust where the checkpoint came from."
-                ) from None
-            if self.flatten_state_dict:
-                set_nested(self.original_state_dict, tuple(self.mappings[fqn]), loaded)
-            else:
-                self.state_dict[fqn] = loaded
-
-    return _WeightsOnlyPlanner(allow_partial_load=not strict)
-
-
-def load_into(
-    state_dict: dict[str, Any],
-    path: PathLike,
-    *,
-    strict: bool = True,
-    weights_only: bool = True,
-    collective: bool = True,
-) -> dict[str, Any]:
-    """Load the checkpoint at ``path`` into ``state_dict`` in place (resharding tensors and DTensors); return it.
-
-    ``collective=True`` (with a process group) means every rank calls this with its own shards; ``False`` reads in
-    this process alone (full tensors). ``strict=False`` leaves keys the checkpoint lacks as they are.
-    """
-    directory = check_sharded_checkpoint(path)
-    import torch.distributed.checkpoint as dcp
-
-    distributed = collective and dist.is_available() and dist.is_initialized()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-        try:
-            dcp.load(
-                state_dict,
-                storage_reader=_reader(directory, weights_only),
-                planner=_planner(strict, weights_only),
-                no_dist=not distributed,
-            )
-        except dcp.CheckpointException as err:
-            raise _plain_error(path, err) from err
-    return state_dict
-
-
 def read_sharded_checkpoint(
     path: PathLike, keys: Iterable[str] | None = None, *, weights_only: bool = True, metadata: Metadata | None = None
 ) -> dict[str, Any]:
@@ -229,11 +93,11 @@ def read_sharded_checkpoint(
 
     ``keys`` limits it to some top-level keys. Every process that calls it holds the whole result in CPU memory.
     """
-    metadata = read_metadata(path, weights_only=weights_only) if metadata is None else metadata
+    metadata = read_sharded_metadata(path, weights_only=weights_only) if metadata is None else metadata
     template = metadata_template(metadata, keys)
     if not template:
         return {}
-    return load_into(template, path, strict=True, weights_only=weights_only, collective=False)
+    return load_sharded_checkpoint(template, path, weights_only=weights_only, collective=False)
 
 
 def consolidate_sharded_checkpoint(
@@ -256,25 +120,3 @@ def consolidate_sharded_checkpoint(
     state = read_sharded_checkpoint(source, weights_only=weights_only)
     atomic_save(state, output)
     return output
-
-
-def _plain_error(path: PathLike, err: BaseException) -> Exception:
-    """DCP's ``CheckpointException`` (a ``BaseException``) as an ordinary exception with each rank's cause."""
-    failures = {rank: failure[0] for rank, failure in (getattr(err, "failures", None) or {}).items()}
-    unsafe = [exc for exc in failures.values() if isinstance(exc, UnsafeCheckpointError)]
-    if unsafe:
-        return UnsafeCheckpointError(str(unsafe[0]))
-    summary = "; ".join(f"rank {rank}: {type(exc).__name__}: {exc}" for rank, exc in sorted(failures.items()))
-    message = f"Loading the sharded checkpoint {os.fspath(path)!r} failed ({summary or err})"
-    kinds = {type(exc) for exc in failures.values()}
-    kind = kinds.pop() if len(kinds) == 1 else RuntimeError
-    for base in (ValueError, TypeError, OSError):  # keep the kind of error when every rank agrees on it
-        if issubclass(kind, base):
-            return base(message)
-    return RuntimeError(message)
-
-
-def _refusal(err: Exception) -> str:
-    """The line of torch's weights-only error that names what it refused."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(err).__name__)
