@@ -119,7 +119,7 @@ def test_bad_arguments() -> None:
         TorchCheckpointIO(storage_options="endpoint")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"storage_options must be a dict.*list"):
         TorchCheckpointIO().save_checkpoint({}, "x.pt", storage_options=["a"])
-    with pytest.raises(TypeError, match="checkpoint must be a dict, got list"):
+    with pytest.raises(TypeError, match=r"\(checkpoint=\.\.\.\) must be a dict.* got \[1, 2\] of type list"):
         TorchCheckpointIO().save_checkpoint([1, 2], "x.pt")  # type: ignore[arg-type]
 
 

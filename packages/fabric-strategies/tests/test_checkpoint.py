@@ -156,3 +156,32 @@ def test_ddp_wrapped_modules_save_their_inner_state_dict(tmp_path):
         assert set(strategy.load_checkpoint(tmp_path / "d.pt")["model"]) == {"weight", "bias"}
     finally:
         destroy_process_group_cleanly(wrapped)
+
+
+def test_a_strict_mismatch_names_the_state_entry_and_the_file_and_keeps_torchs_text(tmp_path):
+    strategy = SingleDeviceStrategy()
+    path = tmp_path / "ckpt.pt"
+    strategy.save_checkpoint(path, {"model": torch.nn.Linear(3, 2), "step": 1})
+    with pytest.raises(RuntimeError, match=r"(?s)state\['model'\] from the checkpoint '.*ckpt\.pt'") as info:
+        strategy.load_checkpoint(path, {"model": torch.nn.Linear(3, 4)})  # wrong shapes
+    assert "size mismatch for weight" in str(info.value)  # torch's detail stays
+    assert type(info.value) is RuntimeError
+    assert "size mismatch" in str(info.value.__cause__)
+    with pytest.raises(RuntimeError, match=r"(?s)state\['model'\] from .*Unexpected key\(s\) in state_dict"):
+        strategy.load_checkpoint(path, {"model": torch.nn.Linear(3, 2, bias=False)})  # wrong keys
+
+
+def test_an_optimizer_that_does_not_fit_is_named_too(tmp_path):
+    strategy = SingleDeviceStrategy()
+    model, optimizer = _trained()
+    strategy.save_checkpoint(tmp_path / "ckpt.pt", {"optimizer": optimizer})
+    other = torch.optim.Adam([*model.parameters(), torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    with pytest.raises(ValueError, match=r"(?s)state\['optimizer'\] from the checkpoint '.*ckpt\.pt': .*size"):
+        strategy.load_checkpoint(tmp_path / "ckpt.pt", {"optimizer": other})
+
+
+def test_a_raw_state_dict_that_does_not_fit_names_the_object_and_the_file(tmp_path):
+    strategy = SingleDeviceStrategy()
+    torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "raw.pt")
+    with pytest.raises(RuntimeError, match=r"(?s)the Linear module from the checkpoint '.*raw\.pt': .*size mismatch"):
+        strategy.load_checkpoint(tmp_path / "raw.pt", torch.nn.Linear(5, 2))

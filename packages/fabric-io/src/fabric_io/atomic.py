@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -11,7 +12,16 @@ from typing import Any
 
 import torch
 
-from fabric_io.filesystem import fsync_directory, get_filesystem, is_remote_path, local_path
+from fabric_io.errors import no_space_error
+from fabric_io.filesystem import (
+    check_parent_directory,
+    check_path,
+    fsync_directory,
+    get_filesystem,
+    is_remote_path,
+    local_path,
+)
+from fabric_io.unpicklable import unpicklable_error
 from fabric_utils import PathLike
 
 
@@ -32,13 +42,38 @@ def atomic_save(obj: Any, path: PathLike, *, fsync: bool = False, **storage_opti
     fsspec URLs: the object is serialised in memory first and then written with one ``pipe_file`` call, which object
     stores commit as a single upload (parents are not created there: object stores have no directories and creating
     one may create a bucket). ``fsync`` does not apply to them.
+
+    Errors name the path: ``TypeError`` for a path that is not a ``str``/``os.PathLike``, ``NotADirectoryError`` when
+    a parent of a local path is a file and ``IsADirectoryError`` when the path is a directory (both before anything is
+    written), ``OSError`` with ``errno.ENOSPC`` when the disk fills up, and ``TypeError`` naming the key path (e.g.
+    ``state['extra']['fn']``) of a value that cannot be pickled.
     """
+    target = check_path(path, caller="atomic_save(path=...)")
     if not isinstance(fsync, bool):
         raise TypeError(f"atomic_save(fsync=...) must be True or False, got {fsync!r}")
-    if is_remote_path(path):
-        _save_remote(obj, os.fspath(path), storage_options)
-    else:
-        _save_local(obj, local_path(path), fsync)
+    remote = is_remote_path(target)
+    if not remote:
+        _check_file_target(local_path(target))
+    try:
+        if remote:
+            _save_remote(obj, target, storage_options)
+        else:
+            _save_local(obj, local_path(target), fsync)
+    except Exception as err:
+        clearer = no_space_error(target, err) or unpicklable_error(target, obj, err)
+        if clearer is None:
+            raise
+        raise clearer from err
+
+
+def _check_file_target(path: str) -> None:
+    check_parent_directory(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            errno.EISDIR,
+            f"Cannot save {path!r}: it is a directory, and this checkpoint is a single file. Choose a file path"
+            " (sharded checkpoints, which are directories, are written by the FSDP and ModelParallel strategies).",
+        )
 
 
 def _save_remote(obj: Any, url: str, storage_options: dict[str, Any]) -> None:

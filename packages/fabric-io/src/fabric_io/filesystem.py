@@ -6,6 +6,7 @@ A path is *remote* when it is not on the local filesystem, i.e. when it carries 
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -118,3 +119,36 @@ def fsync_directory(directory: str) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def check_path(path: Any, *, caller: str) -> str:
+    """``path`` as a string, when it is a checkpoint path: a non-empty ``str`` or ``os.PathLike`` (a local path or an
+    fsspec URL). Raises ``TypeError`` (``ValueError`` for an empty one) naming the value and ``caller`` otherwise, e.g.
+    ``check_path(None, caller="fabric.save(path=...)")``."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise TypeError(
+            f"{caller} must be a checkpoint path: a str or os.PathLike (a local path or an fsspec URL such as"
+            f" 's3://bucket/run/last.ckpt'), got {path!r} of type {type(path).__name__}."
+        )
+    if not text.strip():
+        raise ValueError(f"{caller} must be a checkpoint path, got the empty path {path!r}.")
+    return text
+
+
+def check_parent_directory(path: str) -> None:
+    """Raise ``NotADirectoryError`` naming ``path`` when a local path cannot hold a file or directory because one of
+    its parents is a file (``os.makedirs`` would report a bare ``FileExistsError``). Missing parents are fine: a save
+    creates them."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        above = os.path.dirname(parent)
+        if above == parent:
+            return
+        parent = above
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            f"Cannot save {path!r}: {parent!r} is a file, not a directory. Choose a path whose parent is a directory"
+            " (or does not exist yet).",
+        )

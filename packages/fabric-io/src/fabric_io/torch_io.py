@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import reprlib
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +15,7 @@ from typing_extensions import override
 
 from fabric_io.atomic import atomic_save
 from fabric_io.base import CheckpointIO
-from fabric_io.filesystem import get_filesystem, is_remote_path, local_path, remove_path
+from fabric_io.filesystem import check_path, get_filesystem, is_remote_path, local_path, remove_path
 from fabric_utils import PathLike
 
 # What torch.load raises for a file it cannot read: truncated or corrupt archives (RuntimeError or OSError from the
@@ -64,9 +65,13 @@ class TorchCheckpointIO(CheckpointIO):
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: PathLike, storage_options: Any | None = None) -> None:
-        """Write ``checkpoint`` to ``path`` atomically (see ``fabric_io.atomic_save``)."""
+        """Write ``checkpoint`` to ``path`` atomically (see ``fabric_io.atomic_save``, also for the errors raised)."""
+        check_path(path, caller=f"{type(self).__name__}.save_checkpoint(path=...)")
         if not isinstance(checkpoint, Mapping):
-            raise TypeError(f"A checkpoint must be a dict, got {type(checkpoint).__name__}.")
+            raise TypeError(
+                f"{type(self).__name__}.save_checkpoint(checkpoint=...) must be a dict of names to values, got"
+                f" {reprlib.repr(checkpoint)} of type {type(checkpoint).__name__}."
+            )
         options = self._storage_options
         if storage_options is not None:
             options = {**options, **_check_storage_options(storage_options)}
@@ -81,6 +86,7 @@ class TorchCheckpointIO(CheckpointIO):
         Raises ``FileNotFoundError`` naming the path when nothing is there, and ``ValueError`` naming the path when
         the file is corrupt, truncated, not a torch file, or holds objects that ``weights_only=True`` refuses.
         """
+        check_path(path, caller=f"{type(self).__name__}.load_checkpoint(path=...)")
         weights_only = True if weights_only is None else weights_only
         source = _open_for_load(path, self._storage_options)
         try:

@@ -18,7 +18,7 @@ from fabric_accelerators import ACCELERATOR_REGISTRY, Accelerator
 from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO, TorchCheckpointIO
 from fabric_precision import Precision, precision_plugin
-from fabric_strategies.checkpoint import StateFilter, restore_state, to_checkpoint
+from fabric_strategies.checkpoint import StateFilter, loading, restore_state, to_checkpoint
 from fabric_strategies.init_context import SkipParameterInit
 from fabric_strategies.launchers.base import Launcher
 from fabric_utils import PathLike, check_clip_threshold, check_norm_type, check_reduce_op, move_data_to_device
@@ -321,16 +321,18 @@ class Strategy(ABC):
         """
         checkpoint = self.checkpoint_io.load_checkpoint(path, map_location="cpu", weights_only=weights_only)
         if isinstance(state, Module):
-            self.load_module_state_dict(state, checkpoint, strict=strict)
+            with loading(path, state):
+                self.load_module_state_dict(state, checkpoint, strict=strict)
             return {}
         if isinstance(state, Optimizer):
-            state.load_state_dict(checkpoint)
+            with loading(path, state):
+                state.load_state_dict(checkpoint)
             return {}
         if not state:
             return checkpoint
         if not isinstance(state, dict):
             raise TypeError(f"`state` must be a module, an optimizer or a dict, got {type(state).__name__}")
-        return restore_state(self, state, checkpoint, strict)
+        return restore_state(self, state, checkpoint, strict, path=path)
 
     # -- end -------------------------------------------------------------------------------------------------------
     def teardown(self) -> None:

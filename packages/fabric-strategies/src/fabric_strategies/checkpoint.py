@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from torch.nn import Module
 from torch.optim import Optimizer
 
-from fabric_utils import Stateful
+from fabric_utils import PathLike, Stateful
 
 if TYPE_CHECKING:
     from fabric_strategies.base import Strategy
@@ -71,11 +73,13 @@ def check_strict_keys(requested: Iterable[str], available: Iterable[str], strict
 
 
 def restore_state(
-    strategy: Strategy, state: dict[str, Any], checkpoint: dict[str, Any], strict: bool
+    strategy: Strategy, state: dict[str, Any], checkpoint: dict[str, Any], strict: bool, *, path: PathLike
 ) -> dict[str, Any]:
-    """Load ``checkpoint`` into the objects of ``state`` in place; return what ``state`` did not take.
+    """Load ``checkpoint`` (read from ``path``) into the objects of ``state`` in place; return what ``state`` did
+    not take.
 
-    Modules, optimizers and stateful objects load their entry; plain values in ``state`` are replaced.
+    Modules, optimizers and stateful objects load their entry; plain values in ``state`` are replaced. An error from
+    an object's ``load_state_dict`` names its key and ``path`` (see ``loading``).
     """
     check_strict_keys(state, checkpoint, strict)
     remainder = dict(checkpoint)
@@ -84,9 +88,39 @@ def restore_state(
             continue
         value = remainder.pop(key)
         if isinstance(obj, Module):
-            strategy.load_module_state_dict(obj, value, strict=strict)
+            with loading(path, key):
+                strategy.load_module_state_dict(obj, value, strict=strict)
         elif isinstance(obj, (Optimizer, Stateful)):
-            obj.load_state_dict(value)
+            with loading(path, key):
+                obj.load_state_dict(value)
         else:
             state[key] = value
     return remainder
+
+
+# what ``load_state_dict`` raises for a state that does not fit (torch: RuntimeError for keys and shapes, ValueError
+# and KeyError for optimizer groups); rebuilt with the same type and the added context (other types get a note)
+_REBUILT = (RuntimeError, ValueError, KeyError, TypeError, MissingStateKeyError)
+
+
+@contextmanager
+def loading(path: PathLike, target: str | Module | Optimizer) -> Iterator[None]:
+    """Name ``target`` and the checkpoint ``path`` in an error raised while loading ``target``'s state.
+
+    ``target`` is a key of the user's state (named as ``state['model']``) or the module/optimizer given alone.
+    torch's ``load_state_dict`` reports missing or unexpected keys and wrong shapes, but neither which entry of the
+    state nor which file: the error raised here keeps its type and torch's text, prefixed with both.
+    """
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        if isinstance(target, str):
+            what = f"state[{target!r}]"
+        else:
+            what = f"the {type(target).__name__} {'module' if isinstance(target, Module) else 'optimizer'}"
+        prefix = f"Could not load {what} from the checkpoint {os.fspath(path)!r}"
+        if type(err) not in _REBUILT:
+            err.add_note(prefix)
+            raise
+        detail = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err
+        raise type(err)(f"{prefix}: {detail}") from err

@@ -139,3 +139,21 @@ def test_errors_for_optimizers_without_their_module_and_remote_sharded_paths(tmp
         strategy.save_checkpoint(tmp_path / "ckpt", [model])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"`state` must be a module, an optimizer or a dict"):
         strategy.load_checkpoint(tmp_path / "ckpt", [model])  # type: ignore[arg-type]
+
+
+def test_a_mismatch_names_the_state_entry_and_the_checkpoint(tmp_path):
+    model, _ = _trained()
+    other = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2), nn.Linear(2, 2))
+    sharded = FSDPStrategy()
+    sharded.save_checkpoint(tmp_path / "ckpt", {"model": model})
+    with pytest.raises(MissingStateKeyError, match=r"(?s)state\['model'\] from the checkpoint '.*ckpt': .*\['3.bias'"):
+        sharded.load_checkpoint(tmp_path / "ckpt", {"model": other})
+    full = FSDPStrategy(state_dict_type="full")
+    full.save_checkpoint(tmp_path / "full.pt", {"model": model})
+    unexpected = r"(?s)state\['model'\] from the checkpoint '.*full\.pt': .*Unexpected key"
+    with pytest.raises(RuntimeError, match=unexpected) as info:
+        full.load_checkpoint(tmp_path / "full.pt", {"model": nn.Sequential(nn.Linear(4, 6))})
+    assert type(info.value) is RuntimeError
+    torch.save(model.state_dict(), tmp_path / "raw.pt")
+    with pytest.raises(RuntimeError, match=r"(?s)the Sequential module from the checkpoint '.*raw\.pt'"):
+        full.load_checkpoint(tmp_path / "raw.pt", nn.Sequential(nn.Linear(4, 5)))

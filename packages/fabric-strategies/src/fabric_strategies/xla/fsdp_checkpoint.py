@@ -148,7 +148,7 @@ def load_shard(
         )
     checkpoint = strategy.checkpoint_io.load_checkpoint(target, map_location="cpu", weights_only=weights_only)
     checkpoint.pop(SHARD_METADATA, None)
-    return restore_state(strategy, state, checkpoint, strict)
+    return restore_state(strategy, state, checkpoint, strict, path=target)
 
 
 def check_full_load(strategy: XLAFSDPStrategy, state: Module | Optimizer | dict[str, Any] | None) -> None:
