@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
+from typing_extensions import override
 
 from fabric_io import AsyncCheckpointIO, TorchCheckpointIO
+from fabric_testing import PicklePayload
 from fabric_utils import PathLike
 
 if TYPE_CHECKING:
@@ -170,3 +172,25 @@ def test_defaults_and_validation() -> None:
     checkpoint_io.teardown()
     with pytest.raises(TypeError, match="must be a CheckpointIO, got str"):
         AsyncCheckpointIO("torch")  # type: ignore[arg-type]
+
+
+class PermissiveCheckpointIO(TorchCheckpointIO):
+    """A third-party checkpoint IO whose own default is to unpickle everything (it breaks the base's contract)."""
+
+    @override
+    def load_checkpoint(
+        self, path: PathLike, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location, weights_only=False if weights_only is None else weights_only)
+
+
+def test_loads_are_restricted_by_default_whatever_the_wrapped_default(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    torch.save({"extra": PicklePayload(marker)}, tmp_path / "hostile.pt")
+    checkpoint_io = AsyncCheckpointIO(PermissiveCheckpointIO())
+    with pytest.raises(ValueError, match="weights_only=False"):
+        checkpoint_io.load_checkpoint(tmp_path / "hostile.pt")
+    assert not marker.exists(), "the payload ran"
+    checkpoint_io.load_checkpoint(tmp_path / "hostile.pt", weights_only=False)
+    assert marker.exists(), "the explicit opt-out reaches the wrapped object"
+    checkpoint_io.teardown()

@@ -26,18 +26,9 @@ from fabric_io import (
     resolve_inside,
     save_sharded_checkpoint,
 )
+from fabric_testing import PicklePayload
 
 FULL = torch.arange(16.0).reshape(8, 2)
-
-
-class Payload:
-    """Unpickling this object creates ``marker`` (the code a hostile checkpoint would run)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (self.marker, "w"))
 
 
 def _load(path: Path, **options: Any) -> dict[str, Any]:
@@ -48,7 +39,7 @@ def _load(path: Path, **options: Any) -> dict[str, Any]:
 def test_a_payload_in_the_metadata_never_runs_by_default(tmp_path: Path) -> None:
     path, marker = tmp_path / "ckpt", tmp_path / "ran"
     save_sharded_checkpoint({"w": FULL.clone()}, path)
-    (path / METADATA_FILE).write_bytes(pickle.dumps(Payload(marker)))
+    (path / METADATA_FILE).write_bytes(pickle.dumps(PicklePayload(marker)))
     for read in (lambda **kw: read_sharded_metadata(path, **kw), lambda **kw: _load(path, **kw)):
         with pytest.raises(UnsafeCheckpointError, match=r"io\.open.*weights_only=False"):
             read()
@@ -61,7 +52,7 @@ def test_a_payload_in_the_metadata_never_runs_by_default(tmp_path: Path) -> None
 
 def test_a_payload_in_an_entry_never_runs_by_default(tmp_path: Path) -> None:
     path, marker = tmp_path / "ckpt", tmp_path / "ran"
-    save_sharded_checkpoint({"w": FULL.clone(), "extra": Payload(marker)}, path)
+    save_sharded_checkpoint({"w": FULL.clone(), "extra": PicklePayload(marker)}, path)
     assert not marker.exists(), "saving must not run the payload"
     target: dict[str, Any] = {"w": torch.zeros(8, 2), "extra": None}
     with pytest.raises(UnsafeCheckpointError, match=r"entry 'extra' holds 'io\.open'.*weights_only=False"):

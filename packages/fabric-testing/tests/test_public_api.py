@@ -9,6 +9,7 @@ import fabric_testing
 EXPECTED = [
     "STANDALONE_ENV",
     "DistributedTestError",
+    "PicklePayload",
     "RandomDataset",
     "RandomLabelledDataset",
     "RunIf",

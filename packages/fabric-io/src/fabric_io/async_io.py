@@ -68,7 +68,10 @@ class AsyncCheckpointIO(CheckpointIO):
     def load_checkpoint(
         self, path: PathLike, map_location: Any | None = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
+        """Wait for the pending save, then read with the wrapped object. ``weights_only`` defaults to True: the
+        wrapped object is always told so, whatever its own default (``weights_only=False`` opts out)."""
         self.wait()
+        weights_only = True if weights_only is None else weights_only
         return self._checkpoint_io.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
     @override

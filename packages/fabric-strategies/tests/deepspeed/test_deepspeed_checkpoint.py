@@ -22,19 +22,9 @@ from fabric_environments import LightningEnvironment
 from fabric_precision import DeepSpeedPrecision
 from fabric_strategies import DeepSpeedStrategy, UnsafeCheckpointError
 from fabric_strategies.deepspeed.checkpoint import CHECKPOINT_TAG, check_weights_only, trusted_tag
-from fabric_testing import RunIf, TinyMLP
+from fabric_testing import PicklePayload, RunIf, TinyMLP
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-
-class Payload:
-    """Unpickling this object creates ``marker``: the code a hostile checkpoint would run."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (self.marker, "w"))
 
 
 @pytest.fixture
@@ -101,7 +91,9 @@ def test_a_payload_in_the_client_state_is_refused_by_every_load_path(
 ) -> None:
     engine, optimizer = _trained(started)
     marker = tmp_path / "ran"
-    started.save_checkpoint(tmp_path / "ckpt", {"model": engine, "optimizer": optimizer, "extra": Payload(marker)})
+    started.save_checkpoint(
+        tmp_path / "ckpt", {"model": engine, "optimizer": optimizer, "extra": PicklePayload(marker)}
+    )
     assert not marker.exists(), "saving must not run the payload"
     model_states = str(tmp_path / "ckpt" / CHECKPOINT_TAG / "mp_rank_00_model_states.pt")
     loads = {
@@ -131,7 +123,7 @@ def test_a_payload_in_a_zero_optimizer_shard_is_refused(started: DeepSpeedStrate
     [shard] = (tmp_path / "ckpt" / CHECKPOINT_TAG).glob("*optim_states.pt")
     marker = tmp_path / "ran"
     states = torch.load(shard, weights_only=False)
-    torch.save({**states, "hidden": Payload(marker)}, shard)
+    torch.save({**states, "hidden": PicklePayload(marker)}, shard)
     with pytest.raises(UnsafeCheckpointError, match=re.escape(repr(str(shard))) + ".*weights_only=False"):
         started.load_checkpoint(tmp_path / "ckpt", {"model": engine, "optimizer": optimizer})
     assert not marker.exists()
@@ -148,7 +140,7 @@ def test_check_reads_every_torch_file_under_the_tag_and_only_those(tmp_path: Pat
     check_weights_only(str(tmp_path))
 
     nested = tmp_path / "zero" / "layer" / "fp32.pt"
-    torch.save({"param": Payload(marker)}, nested)
+    torch.save({"param": PicklePayload(marker)}, nested)
     with pytest.raises(UnsafeCheckpointError, match=re.escape(repr(str(nested)))):
         check_weights_only(str(tmp_path))
     assert not marker.exists()
@@ -187,7 +179,7 @@ def test_the_tag_comes_from_the_latest_file(tmp_path: Path) -> None:
     (tmp_path / "latest").write_text("step-9\n")
     (tmp_path / "step-9").mkdir()
     marker = tmp_path / "ran"
-    torch.save({"x": Payload(marker)}, tmp_path / "step-9" / "mp_rank_00_model_states.pt")
+    torch.save({"x": PicklePayload(marker)}, tmp_path / "step-9" / "mp_rank_00_model_states.pt")
     with pytest.raises(UnsafeCheckpointError):
         trusted_tag(None, str(tmp_path), None)
     with pytest.raises(UnsafeCheckpointError):

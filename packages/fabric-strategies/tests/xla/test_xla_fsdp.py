@@ -3,6 +3,7 @@ sharded and full checkpoints (the fake pretends to be one of two mirror replicas
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -12,7 +13,8 @@ import torch
 from torch import nn
 
 from fabric_strategies import STRATEGY_REGISTRY, XLAFSDPStrategy, XLAStrategy
-from fabric_testing import TinyMLP
+from fabric_strategies.xla.fsdp_checkpoint import shard_file_name
+from fabric_testing import PicklePayload, TinyMLP
 
 
 class Block(nn.Module):
@@ -204,3 +206,25 @@ def test_checkpoint_mistakes(fake_xla: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no XLA FSDP shard files"):
         strategy.load_checkpoint(tmp_path / "empty", {"model": first})
+
+
+def test_hostile_shards_are_refused(fake_xla: ModuleType, tmp_path: Path) -> None:
+    strategy = _started(fake_xla)
+    model = strategy.setup_module(Net())
+    marker = tmp_path / "ran"
+    strategy.save_checkpoint(tmp_path / "ckpt", {"model": model, "extra": PicklePayload(marker)})
+    assert not marker.exists(), "saving must not run the payload"
+    with pytest.raises(ValueError, match=r"io\.open.*weights_only=False"):
+        strategy.load_checkpoint(tmp_path / "ckpt", {"model": model})
+    assert not marker.exists(), "the payload ran while loading with the default settings"
+    strategy.load_checkpoint(tmp_path / "ckpt", {"model": model}, strict=False, weights_only=False)
+    assert marker.exists(), "weights_only=False did not read the shard: the test checkpoint is not hostile"
+
+    # a shard that is a symbolic link into another checkpoint is not read, with or without the opt-out
+    strategy.save_checkpoint(tmp_path / "other", {"model": model})
+    shard = shard_file_name(0, 2)
+    (tmp_path / "ckpt" / shard).unlink()
+    (tmp_path / "ckpt" / shard).symlink_to(tmp_path / "other" / shard)
+    for weights_only in (None, False):
+        with pytest.raises(ValueError, match=re.escape(repr(shard)) + ".*outside the checkpoint directory"):
+            strategy.load_checkpoint(tmp_path / "ckpt", {"model": model}, weights_only=weights_only)

@@ -9,6 +9,7 @@ from fabric_testing.launcher import (
     run_processes,
 )
 from fabric_testing.models import RandomDataset, RandomLabelledDataset, TinyConvNet, TinyMLP
+from fabric_testing.payload import PicklePayload
 from fabric_testing.runif import STANDALONE_ENV, RunIf
 
 __version__ = "0.1.0"
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "STANDALONE_ENV",
     "DistributedTestError",
+    "PicklePayload",
     "RandomDataset",
     "RandomLabelledDataset",
     "RunIf",

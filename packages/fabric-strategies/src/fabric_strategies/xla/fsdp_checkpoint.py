@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from torch.nn import Module
 from torch.optim import Optimizer
 
-from fabric_io import exists, get_filesystem, join_path, remove_path
+from fabric_io import exists, get_filesystem, is_remote_path, join_path, remove_path, resolve_inside
 from fabric_strategies.checkpoint import StateFilter, check_filter, restore_state, to_checkpoint
 from fabric_strategies.xla import runtime
 from fabric_utils import PathLike
@@ -146,6 +146,8 @@ def load_shard(
         raise FileNotFoundError(
             f"{os.fspath(path)!r} holds no XLA FSDP shard files (expected {shard_file_name(rank, world_size)!r})."
         )
+    if not is_remote_path(path):  # a shard that is a symbolic link out of the checkpoint is refused
+        resolve_inside(path, shard_file_name(rank, world_size), what="shard file")
     checkpoint = strategy.checkpoint_io.load_checkpoint(target, map_location="cpu", weights_only=weights_only)
     checkpoint.pop(SHARD_METADATA, None)
     return restore_state(strategy, state, checkpoint, strict, path=target)
