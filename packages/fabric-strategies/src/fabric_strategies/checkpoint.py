@@ -99,7 +99,8 @@ def restore_state(
 
 
 # what ``load_state_dict`` raises for a state that does not fit (torch: RuntimeError for keys and shapes, ValueError
-# and KeyError for optimizer groups); rebuilt with the same type and the added context (other types get a note)
+# and KeyError for optimizer groups); rebuilt with the same type and the added context. A subclass may take other
+# constructor arguments: it passes unchanged.
 _REBUILT = (RuntimeError, ValueError, KeyError, TypeError, MissingStateKeyError)
 
 
@@ -113,14 +114,12 @@ def loading(path: PathLike, target: str | Module | Optimizer) -> Iterator[None]:
     """
     try:
         yield
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+    except _REBUILT as err:
+        if type(err) not in _REBUILT:
+            raise
         if isinstance(target, str):
             what = f"state[{target!r}]"
         else:
             what = f"the {type(target).__name__} {'module' if isinstance(target, Module) else 'optimizer'}"
-        prefix = f"Could not load {what} from the checkpoint {os.fspath(path)!r}"
-        if type(err) not in _REBUILT:
-            err.add_note(prefix)
-            raise
         detail = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err
-        raise type(err)(f"{prefix}: {detail}") from err
+        raise type(err)(f"Could not load {what} from the checkpoint {os.fspath(path)!r}: {detail}") from err

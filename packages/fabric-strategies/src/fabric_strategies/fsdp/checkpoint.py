@@ -245,9 +245,9 @@ def _load_file(
             load_module_state(state, checkpoint, strict=strict, full=True)
         return {}
     if isinstance(state, Optimizer):
-        owner = find_module(state, strategy.setup_modules)
+        module = find_module(state, strategy.setup_modules)
         with loading(path, state):
-            load_optimizer_state(owner, state, checkpoint, full=True)
+            load_optimizer_state(module, state, checkpoint, full=True)
         return {}
     if not state:
         return checkpoint
