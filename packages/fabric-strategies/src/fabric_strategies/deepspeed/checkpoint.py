@@ -205,7 +205,7 @@ def trusted_tag(engine: Any, directory: str, weights_only: bool | None) -> str:
 def _files_inside(tag_directory: str) -> list[str]:
     """Every file under ``tag_directory`` (what DeepSpeed reads); each one, and each folder on the way, checked to
     lie inside it (a symbolic link may not lead out)."""
-    found = []
+    found: list[str] = []
     for root, folders, names in os.walk(tag_directory):
         for name in [*folders, *names]:
             resolve_inside(tag_directory, os.path.relpath(os.path.join(root, name), tag_directory))
