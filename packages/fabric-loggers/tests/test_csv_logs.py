@@ -2,6 +2,7 @@ import csv
 import io
 import os
 import pickle
+import re
 import uuid
 from argparse import Namespace
 from pathlib import Path
@@ -41,6 +42,30 @@ def test_versioned_folders(tmp_path):
     assert CSVLogger(tmp_path, name="exp", version="final").log_dir == str(tmp_path / "exp" / "final")
     assert CSVLogger(tmp_path, name=None, version=2).log_dir == str(tmp_path / "version_2")
     assert CSVLogger(tmp_path).name == "fabric_logs"
+
+
+@pytest.mark.parametrize("what", ["name", "version"])
+@pytest.mark.parametrize("folder", ["../x", "exp/../../x", "{tmp}/x"])
+def test_names_and_versions_that_would_write_outside_the_root_are_refused(tmp_path, what, folder):
+    folder = folder.format(tmp=tmp_path)  # an absolute path, but inside this test's folder
+    shown = re.escape(f"{what}={folder!r}")
+    with pytest.raises(ValueError, match=rf"{shown} would write outside root_dir: .* Use a relative"):
+        _log_one_row(CSVLogger, tmp_path / "root", {what: folder})
+    assert list(tmp_path.rglob("*")) == []
+
+
+def _log_one_row(logger_class, root, kwargs):
+    logger = logger_class(root, **kwargs)
+    logger.log_metrics({"a": 1})  # before the check, this wrote beside (or far from) root
+    logger.save()
+
+
+def test_a_nested_name_stays_inside(tmp_path):
+    logger = CSVLogger(tmp_path, name="exp/a", version="run/1")
+    logger.log_metrics({"a": 1})
+    logger.save()
+    assert Path(logger.metrics_file_path) == tmp_path / "exp" / "a" / "run" / "1" / "metrics.csv"
+    assert Path(logger.metrics_file_path).is_file()
 
 
 @pytest.mark.parametrize(

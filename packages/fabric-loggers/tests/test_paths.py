@@ -1,4 +1,5 @@
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from fabric_loggers._paths import VersionedDirectory, check_name, check_version, next_version
+from fabric_loggers._paths import VersionedDirectory, check_folder, check_name, check_version, next_version
 
 
 def test_check_version():
@@ -77,3 +78,34 @@ def test_root_dir_type_is_checked():
     with pytest.raises(TypeError, match=r"root_dir must be a str or os\.PathLike, got int: 5"):
         VersionedDirectory(5, "exp", None, None)  # type: ignore[arg-type]
     assert VersionedDirectory(Path("a"), "exp", 0, None).log_dir == os.path.join("a", "exp", "version_0")
+
+
+@pytest.mark.parametrize(
+    ("folder", "reason"),
+    [
+        ("..", "'..' component"),
+        ("../x", "'..' component"),
+        ("exp/../../x", "'..' component"),
+        ("exp\\..\\..\\x", "'..' component"),
+        ("/tmp/x", "absolute path"),
+        ("\\x", "absolute path"),
+        ("s3://bucket/x", "URL"),
+        ("a\0b", "NUL"),
+    ],
+)
+def test_folders_that_leave_the_root_are_refused(folder, reason):
+    for what, check in (("name", check_name), ("version", check_version)):
+        expected = rf"{what}={re.escape(repr(folder))} would write outside root_dir: .*{reason}"
+        with pytest.raises(ValueError, match=expected):
+            check(folder)
+    with pytest.raises(ValueError, match=r"Use a relative folder such as 'exp' or 'exp/run_1'"):
+        check_folder("sub_dir", folder)
+
+
+@pytest.mark.parametrize("folder", ["exp", "exp/a", "exp/a/b", "./exp", "exp..v2", "..exp", "v1.0", "~"])
+def test_relative_folders_that_stay_inside_are_kept(tmp_path, folder):
+    assert check_name(folder) == folder
+    assert check_version(folder) == folder
+    layout = VersionedDirectory(tmp_path, folder, folder, None)
+    resolved = os.path.realpath(layout.log_dir)
+    assert resolved.startswith(os.path.realpath(tmp_path) + os.sep)

@@ -1,5 +1,6 @@
 import os
 import pickle
+import re
 import sys
 import uuid
 import warnings
@@ -207,8 +208,30 @@ def test_sub_dir_with_home_and_variables(tmp_path, monkeypatch):
     logger.log_metrics({"x": 1.0}, step=0)
     logger.finalize("success")
     assert scalars(read_run(logger.log_dir), "x") == [(0, 1.0)]
-    home_logger = TensorBoardLogger(tmp_path, version=2, sub_dir="~/tb")
-    assert home_logger.log_dir == str(tmp_path / "fabric_logs" / "version_2" / str(tmp_path / "home" / "tb"))
+    # `~` expands to an absolute path, which would leave the version folder: refused like any absolute sub_dir
+    with pytest.raises(ValueError, match=r"sub_dir='.*home/tb' would write outside root_dir: it is an absolute path"):
+        TensorBoardLogger(tmp_path, version=2, sub_dir="~/tb")
+    assert sorted(os.listdir(tmp_path)) == ["fabric_logs"]
+
+
+@pytest.mark.parametrize("sub_dir", ["../../../escaped", "plots/../../../../escaped", "$OUTSIDE/tb", "{tmp}/tb"])
+def test_a_sub_dir_that_would_write_outside_is_refused(tmp_path, monkeypatch, sub_dir):
+    """``name`` and ``version`` go through the same check as CSVLogger's (test_csv_logs); ``sub_dir`` is expanded."""
+    monkeypatch.setenv("OUTSIDE", str(tmp_path / "outside"))
+    sub_dir = sub_dir.format(tmp=tmp_path)
+    with pytest.raises(ValueError, match=r"sub_dir='.*' would write outside root_dir"):
+        TensorBoardLogger(tmp_path / "root", sub_dir=sub_dir)
+    with pytest.raises(ValueError, match=re.escape("name='../escaped' would write outside root_dir")):
+        TensorBoardLogger(tmp_path / "root", name="../escaped")
+    assert os.listdir(tmp_path) == []  # nothing created, inside or outside
+
+
+def test_a_nested_name_stays_inside(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="exp/a", sub_dir="plots/loss")
+    logger.log_metrics({"x": 1.0}, step=0)
+    logger.finalize("success")
+    assert logger.log_dir == str(tmp_path / "exp" / "a" / "version_0" / "plots" / "loss")
+    assert scalars(read_run(logger.log_dir), "x") == [(0, 1.0)]
 
 
 def test_save_makes_everything_readable_and_logging_continues_in_a_new_file(tmp_path):

@@ -14,10 +14,33 @@ from fabric_io import get_filesystem, is_remote_path
 from fabric_utils import PathLike
 
 _VERSION_FOLDER = re.compile(r"^version_(\d+)$")
+_ALLOWED_FOLDER = "a relative folder such as 'exp' or 'exp/run_1' that stays inside root_dir"
+
+
+def check_folder(what: str, folder: str) -> str:
+    """``folder`` (a name, version or sub_dir) as given, when joining it to its parent stays inside that parent.
+
+    Refused, before any directory is created: an absolute path (``/x``, ``\\x``, ``C:x`` on Windows), a URL, a
+    ``..`` component (also between backslashes, which are separators on Windows), a NUL character. The check is
+    on the text: a symbolic link that you created inside ``root_dir`` is followed as usual.
+    """
+    reason = None
+    if "\0" in folder:
+        reason = "it contains a NUL character"
+    elif "://" in folder:
+        reason = "it is a URL"
+    elif posixpath.isabs(folder) or folder.startswith("\\") or os.path.isabs(folder) or os.path.splitdrive(folder)[0]:
+        reason = "it is an absolute path"
+    elif ".." in re.split(r"[/\\]", folder):
+        reason = "it has a '..' component"
+    if reason is not None:
+        raise ValueError(f"{what}={folder!r} would write outside root_dir: {reason}. Use {_ALLOWED_FOLDER}.")
+    return folder
 
 
 def check_version(version: object) -> int | str | None:
-    """A version is ``None`` (the next free number), an int >= 0 (folder ``version_N``) or a non-empty folder name."""
+    """A version is ``None`` (the next free number), an int >= 0 (folder ``version_N``) or a non-empty folder name
+    that stays inside the experiment folder."""
     if version is None:
         return None
     if isinstance(version, bool) or not isinstance(version, (int, str)):
@@ -26,13 +49,14 @@ def check_version(version: object) -> int | str | None:
         raise ValueError(f"version must be >= 0, got {version}")
     if isinstance(version, str) and not version.strip():
         raise ValueError(f"version must be a non-empty folder name, got {version!r}")
-    return version
+    return check_folder("version", version) if isinstance(version, str) else version
 
 
 def check_name(name: object) -> str | None:
+    """A name is ``None`` or ``""`` (no experiment folder) or a folder that stays inside ``root_dir``."""
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a str or None, got {type(name).__name__}: {name!r}")
-    return name or None
+    return check_folder("name", name) if name else None
 
 
 def next_version(fs: AbstractFileSystem, root_dir: str) -> int:

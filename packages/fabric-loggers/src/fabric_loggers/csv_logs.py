@@ -78,8 +78,10 @@ class CSVLogger(Logger):
 
     Args:
         root_dir: Local folder or fsspec URL (``s3://bucket/runs``, ``memory://runs``) under which runs are kept.
-        name: Experiment name, a folder under ``root_dir``; ``None`` or ``""`` puts the versions in ``root_dir``.
-        version: ``None`` picks the next free ``version_N``; an int ``N`` means ``version_N``; a str is the folder.
+        name: Experiment name, a folder under ``root_dir`` (nested ones such as ``"exp/a"`` too); ``None`` or ``""``
+            puts the versions in ``root_dir``. An absolute path, a URL or a ``..`` component raises ``ValueError``.
+        version: ``None`` picks the next free ``version_N``; an int ``N`` means ``version_N``; a str is the folder
+            (the same rule as ``name``: it stays inside).
         prefix: Prepended to every metric name, joined with ``LOGGER_JOIN_CHAR`` (``"-"``).
         flush_logs_every_n_steps: Rows are kept in memory and written once this many have been logged, at
             :meth:`save` and at :meth:`finalize`.

@@ -21,7 +21,7 @@ from fabric_loggers._convert import (
     metric_scalar,
     tensorboard_value,
 )
-from fabric_loggers._paths import VersionedDirectory
+from fabric_loggers._paths import VersionedDirectory, check_folder
 from fabric_loggers.base import Logger
 from fabric_utils import (
     TENSORBOARD,
@@ -35,6 +35,15 @@ from fabric_utils import (
 
 HP_METRIC = "hp_metric"
 _RESERVED_WRITER_ARGS = ("logdir", "log_dir")
+
+
+def _check_sub_dir(sub_dir: PathLike | None) -> str | None:
+    """``sub_dir`` with ``~`` and ``$VARS`` expanded; it must stay inside the version folder."""
+    if not sub_dir:
+        return None
+    if not isinstance(sub_dir, (str, os.PathLike)):
+        raise TypeError(f"sub_dir must be a str, an os.PathLike or None, got {type(sub_dir).__name__}: {sub_dir!r}")
+    return check_folder("sub_dir", os.path.expandvars(os.path.expanduser(os.fspath(sub_dir))))
 
 
 class _NoOpExperiment:
@@ -55,12 +64,15 @@ class TensorBoardLogger(Logger):
 
     Args:
         root_dir: Local folder or fsspec URL (``s3://bucket/runs``, ``memory://runs``) under which runs are kept.
-        name: Experiment name, a folder under ``root_dir``; ``None`` or ``""`` puts the versions in ``root_dir``.
-        version: ``None`` picks the next free ``version_N``; an int ``N`` means ``version_N``; a str is the folder.
+        name: Experiment name, a folder under ``root_dir`` (nested ones such as ``"exp/a"`` too); ``None`` or ``""``
+            puts the versions in ``root_dir``. An absolute path, a URL or a ``..`` component raises ``ValueError``.
+        version: ``None`` picks the next free ``version_N``; an int ``N`` means ``version_N``; a str is the folder
+            (the same rule as ``name``: it stays inside).
         default_hp_metric: :meth:`log_hyperparams` without ``metrics`` records ``hp_metric = -1`` so TensorBoard's
             HParams tab shows the run (log the real ``hp_metric`` later to fill it in).
         prefix: Prepended to every metric name, joined with ``LOGGER_JOIN_CHAR`` (``"-"``).
-        sub_dir: A folder inside the version folder to write to (``~`` and ``$VARS`` are expanded).
+        sub_dir: A folder inside the version folder to write to (``~`` and ``$VARS`` are expanded; the result must
+            stay inside the version folder).
         storage_options: Passed to the fsspec filesystem of a remote ``root_dir``.
         **kwargs: Passed to ``tensorboardX.SummaryWriter`` (``max_queue``, ``flush_secs``, ``filename_suffix``...).
 
@@ -89,7 +101,7 @@ class TensorBoardLogger(Logger):
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}: {prefix!r}")
         self._dir = VersionedDirectory(root_dir, name, version, storage_options)
-        self._sub_dir = os.path.expandvars(os.path.expanduser(os.fspath(sub_dir))) if sub_dir else None
+        self._sub_dir = _check_sub_dir(sub_dir)
         self._default_hp_metric = bool(default_hp_metric)
         self._prefix = prefix
         self._writer_kwargs = kwargs
