@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -21,39 +22,58 @@ def test_the_base_is_abstract() -> None:
         ClusterEnvironment()  # type: ignore[abstract]
 
 
+class Fixed(ClusterEnvironment):
+    creates_processes_externally = True  # type: ignore[assignment]
+    main_address = "10.0.0.1"  # type: ignore[assignment]
+    main_port = 1234  # type: ignore[assignment]
+
+    @staticmethod
+    def detect() -> bool:
+        return False
+
+    def world_size(self) -> int:
+        return 2
+
+    def set_world_size(self, size: int) -> None:
+        raise AssertionError("not called")
+
+    def global_rank(self) -> int:
+        return 1
+
+    def set_global_rank(self, rank: int) -> None:
+        raise AssertionError("not called")
+
+    def local_rank(self) -> int:
+        return 1
+
+    def node_rank(self) -> int:
+        return 0
+
+
 def test_a_minimal_subclass_gets_the_defaults() -> None:
-    class Fixed(ClusterEnvironment):
-        creates_processes_externally = True  # type: ignore[assignment]
-        main_address = "10.0.0.1"  # type: ignore[assignment]
-        main_port = 1234  # type: ignore[assignment]
-
-        @staticmethod
-        def detect() -> bool:
-            return False
-
-        def world_size(self) -> int:
-            return 2
-
-        def set_world_size(self, size: int) -> None:
-            raise AssertionError("not called")
-
-        def global_rank(self) -> int:
-            return 1
-
-        def set_global_rank(self, rank: int) -> None:
-            raise AssertionError("not called")
-
-        def local_rank(self) -> int:
-            return 1
-
-        def node_rank(self) -> int:
-            return 0
-
     env = Fixed()
     env.validate_settings(num_devices=2, num_nodes=1)  # the default accepts any request
+    env.validate_ranks()  # rank 1 of 2: consistent
     env.teardown()
     assert repr(env) == "Fixed()"
     assert (env.name, env.detection_priority) == ("", 0)
+
+
+def test_the_default_rank_check_of_a_subclass() -> None:
+    """A custom environment gets ``validate_ranks`` too: the rank against the world size, no negative rank."""
+
+    class PastTheWorld(Fixed):
+        def global_rank(self) -> int:
+            return 2
+
+    class NegativeNode(Fixed):
+        def node_rank(self) -> int:
+            return -1
+
+    with pytest.raises(ValueError, match=re.escape("global_rank()=2 must satisfy 0 <= global_rank() < world_size()=2")):
+        PastTheWorld().validate_ranks()
+    with pytest.raises(ValueError, match=re.escape("NegativeNode reads inconsistent ranks from the environment:")):
+        NegativeNode().validate_ranks()
 
 
 @pytest.fixture

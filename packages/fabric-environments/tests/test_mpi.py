@@ -81,6 +81,7 @@ record = {
 }
 record["environ_unchanged"] = dict(os.environ) == before
 env.validate_settings(num_devices=2, num_nodes=1)
+env.validate_ranks()  # MPI's own rank and size agree
 try:
     env.validate_settings(num_devices=1, num_nodes=1)
     record["mismatch_error"] = None

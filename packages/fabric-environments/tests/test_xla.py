@@ -67,6 +67,18 @@ def test_node_rank_from_the_host_variables(
     assert XLAEnvironment().node_rank() == 3
 
 
+def test_validate_ranks_reads_only_the_host_variable(fake_xla: _FakeRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asking the runtime before the launcher starts the processes would initialise it in the parent process."""
+    XLAEnvironment().validate_ranks()
+    monkeypatch.setenv("TPU_WORKER_ID", "-1")
+    with pytest.raises(ValueError, match=r"TPU_WORKER_ID=-1 must satisfy 0 <= TPU_WORKER_ID"):
+        XLAEnvironment().validate_ranks()
+    monkeypatch.setenv("TPU_WORKER_ID", "one")
+    with pytest.raises(ValueError, match=r"TPU_WORKER_ID='one' must be an integer"):
+        XLAEnvironment().validate_ranks()
+    assert fake_xla.calls == {}
+
+
 def test_no_main_address_or_port(fake_xla: _FakeRuntime) -> None:
     env = XLAEnvironment()
     with pytest.raises(NotImplementedError, match="PJRT"):

@@ -421,6 +421,7 @@ def build(plan: Plan) -> Assembled:
     """Create every part of ``plan``, complete: accelerator -> environment -> strategy -> precision -> IO."""
     accelerator = plan.accelerator_instance or ACCELERATOR_REGISTRY.create(plan.accelerator)
     environment = plan.cluster_environment or detect_environment()
+    environment.validate_ranks()  # before any rendezvous: a rank outside the world would wait there for ever
     environment.validate_settings(num_devices=plan.num_processes, num_nodes=plan.num_nodes)
     strategy = plan.strategy_instance or STRATEGY_REGISTRY.create(plan.strategy)
     strategy.complete(

@@ -1,4 +1,4 @@
-"""Small helpers shared by the environments: reading integers from the environment, ports, validation."""
+"""Small helpers shared by the environments: reading integers from the environment, ports, rank and size checks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import warnings
+from collections.abc import Iterable
 
 from fabric_utils import FabricWarning
 
@@ -31,12 +32,15 @@ def env_int(name: str, default: int | None = None, *, owner: str = "This environ
         raise ValueError(f"The environment variable {name}={raw!r} must be an integer.") from None
 
 
+def first_set(names: tuple[str, ...]) -> str | None:
+    """The first of the environment variables ``names`` that is set (and not blank), or ``None``."""
+    return next((name for name in names if os.environ.get(name, "").strip()), None)
+
+
 def first_env_int(names: tuple[str, ...], default: int) -> int:
     """The integer in the first of ``names`` that is set, or ``default`` when none is."""
-    for name in names:
-        if os.environ.get(name, "").strip():
-            return env_int(name)
-    return default
+    name = first_set(names)
+    return default if name is None else env_int(name)
 
 
 def env_port(name: str = "MASTER_PORT") -> int | None:
@@ -68,6 +72,27 @@ def check_world_size(owner: str, world_size: int, num_devices: int, num_nodes: i
             f" {world_size}."
         )
         raise ValueError(f"{message} {hint}".strip())
+
+
+#: one rank bound: (the rank's name, its value, the size's name, its value or None where no size is known)
+RankBound = tuple[str, int, str, int | None]
+
+
+def check_ranks(owner: str, bounds: Iterable[RankBound]) -> None:
+    """Raise one ``ValueError`` naming every inconsistent value: each rank must be ``0 <= rank < size``, each size
+    at least 1. Called before any rendezvous: a rank outside the world would otherwise wait there for ever."""
+    problems: list[str] = []
+    for rank_name, rank, size_name, size in bounds:
+        if size is not None and size < 1:
+            problems.append(f"{size_name}={size} must be at least 1")
+        elif rank < 0 or (size is not None and rank >= size):
+            upper = f" < {size_name}={size}" if size is not None else ""
+            problems.append(f"{rank_name}={rank} must satisfy 0 <= {rank_name}{upper}")
+    if problems:
+        raise ValueError(
+            f"{owner} reads inconsistent ranks from the environment: {'; '.join(problems)}. Fix the launcher's"
+            " environment variables (or unset them to let fabric start the processes itself)."
+        )
 
 
 def ignore_setter(owner: str, what: str, requested: int, actual: int) -> None:

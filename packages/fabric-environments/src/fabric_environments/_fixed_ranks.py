@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from typing_extensions import override
 
-from fabric_environments._env import check_port, env_int, ignore_setter
+from fabric_environments._env import RankBound, check_port, env_int, ignore_setter
 from fabric_environments.base import ClusterEnvironment
 
 
@@ -48,6 +48,18 @@ class FixedRanksEnvironment(ClusterEnvironment, ABC):
     @override
     def set_global_rank(self, rank: int) -> None:
         ignore_setter(type(self).__name__, "global_rank", rank, self.global_rank())
+
+    @override
+    def _rank_bounds(self) -> list[RankBound]:
+        """The global rank against the world size and the local rank, named by the variables they come from."""
+        return [
+            (self._global_rank_variable, self.global_rank(), self._world_size_variable, self.world_size()),
+            (self._local_rank_variable, self.local_rank(), *self._local_size()),
+        ]
+
+    def _local_size(self) -> tuple[str, int | None]:
+        """The variable that holds the number of processes on this node and its value; ``("", None)`` if unknown."""
+        return "", None
 
     def _read(self, name: str) -> int:
         """The integer in the environment variable ``name``; the error for an unset one names this environment."""

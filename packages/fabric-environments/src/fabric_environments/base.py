@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from fabric_environments._env import RankBound, check_ranks
+
 
 class ClusterEnvironment(ABC):
     """What a cluster (or the local machine) says about the run. Properties never write ``os.environ``."""
@@ -49,6 +51,25 @@ class ClusterEnvironment(ABC):
 
     @abstractmethod
     def node_rank(self) -> int: ...
+
+    def validate_ranks(self) -> None:
+        """Raise ``ValueError`` naming the values when the ranks and sizes the environment reports contradict each
+        other (a rank outside ``[0, size)``, a size below 1) or are not integers.
+
+        ``Fabric`` calls it once, when it builds its parts, before any process group is set up. This default checks
+        ``global_rank()`` against ``world_size()`` and that ``local_rank()`` and ``node_rank()`` are not negative;
+        the built-in environments check their own variables (local and node ranks against their sizes where the
+        launcher exports them).
+        """
+        check_ranks(type(self).__name__, self._rank_bounds())
+
+    def _rank_bounds(self) -> list[RankBound]:
+        """What :meth:`validate_ranks` checks: ``(rank name, rank, size name, size or None)`` for each rank."""
+        return [
+            ("global_rank()", self.global_rank(), "world_size()", self.world_size()),
+            ("local_rank()", self.local_rank(), "", None),
+            ("node_rank()", self.node_rank(), "", None),
+        ]
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:  # noqa: B027 - optional hook
         """Raise ``ValueError`` when the requested devices/nodes contradict what the environment provides."""

@@ -6,7 +6,7 @@ import os
 
 from typing_extensions import override
 
-from fabric_environments._env import check_world_size
+from fabric_environments._env import RankBound, check_world_size
 from fabric_environments._fixed_ranks import FixedRanksEnvironment
 
 
@@ -47,6 +47,11 @@ class KubeflowEnvironment(FixedRanksEnvironment):
     @override
     def node_rank(self) -> int:
         return self.global_rank()
+
+    @override
+    def _rank_bounds(self) -> list[RankBound]:
+        """``RANK`` against ``WORLD_SIZE``: the local rank is always 0 and the node rank is the global rank."""
+        return [("RANK", self.global_rank(), "WORLD_SIZE", self.world_size())]
 
     @override
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:

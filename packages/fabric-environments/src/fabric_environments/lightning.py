@@ -6,7 +6,15 @@ import os
 
 from typing_extensions import override
 
-from fabric_environments._env import env_int, env_port, find_free_port, first_env_int
+from fabric_environments._env import (
+    RankBound,
+    check_ranks,
+    env_int,
+    env_port,
+    find_free_port,
+    first_env_int,
+    first_set,
+)
 from fabric_environments.base import ClusterEnvironment
 
 _GLOBAL_RANK_VARIABLES = ("RANK", "GLOBAL_RANK")
@@ -90,6 +98,25 @@ class LightningEnvironment(ClusterEnvironment):
     def node_rank(self) -> int:
         return first_env_int(_NODE_RANK_VARIABLES, 0)
 
+    @override
+    def _rank_bounds(self) -> list[RankBound]:
+        """The ranks named by the variables they come from (or by the setter that fixed them)."""
+        rank_name = "global rank (set)" if self._global_rank is not None else _source(_GLOBAL_RANK_VARIABLES)
+        size_name = "world size (set)" if self._world_size is not None else "WORLD_SIZE"
+        return [
+            (rank_name, self.global_rank(), size_name, self.world_size()),
+            ("LOCAL_RANK", self.local_rank(), "", None),
+            (_source(_NODE_RANK_VARIABLES), self.node_rank(), "", None),
+        ]
+
+    @override
+    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        """When fabric starts the processes, this node's rank must be one of the ``num_nodes`` nodes: its processes
+        get the global ranks ``node_rank * devices + local_rank``, and a rank past the world would wait for ever."""
+        if not self.creates_processes_externally:
+            node_rank = (_source(_NODE_RANK_VARIABLES), self.node_rank(), "num_nodes", num_nodes)
+            check_ranks(type(self).__name__, [node_rank])
+
     def process_variables(self, local_rank: int, local_world_size: int) -> dict[str, str]:
         """The environment variables a process that fabric starts on this node needs to join the run.
 
@@ -120,3 +147,8 @@ class LightningEnvironment(ClusterEnvironment):
     def teardown(self) -> None:
         """Forget the picked port, so that a later run in this process picks a fresh one."""
         self._picked_port = None
+
+
+def _source(names: tuple[str, ...]) -> str:
+    """The variable a value was read from: the first of ``names`` that is set, else the first name."""
+    return first_set(names) or names[0]

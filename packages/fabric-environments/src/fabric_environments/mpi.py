@@ -9,7 +9,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from fabric_environments._env import check_world_size, env_port, find_free_port
+from fabric_environments._env import RankBound, check_world_size, env_port, find_free_port
 from fabric_environments._fixed_ranks import FixedRanksEnvironment
 from fabric_utils import MPI4PY, MissingDependencyError
 
@@ -85,6 +85,11 @@ class MPIEnvironment(FixedRanksEnvironment):
         self._exchange_node_info()
         assert self._node_rank is not None
         return self._node_rank
+
+    @override
+    def _rank_bounds(self) -> list[RankBound]:
+        """MPI's own rank and size; the local and node ranks need a collective exchange, so they are left out."""
+        return [("MPI rank", self.global_rank(), "MPI world size", self.world_size())]
 
     @override
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:

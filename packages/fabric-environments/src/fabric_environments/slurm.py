@@ -14,7 +14,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from fabric_environments._env import check_world_size, env_int, env_port
+from fabric_environments._env import RankBound, check_world_size, env_int, env_port
 from fabric_environments._fixed_ranks import FixedRanksEnvironment
 from fabric_environments.hostlist import expand_hostlist, expand_task_counts
 from fabric_utils import FabricWarning
@@ -120,6 +120,28 @@ class SLURMEnvironment(FixedRanksEnvironment):
     @override
     def node_rank(self) -> int:
         return self._read("SLURM_NODEID")
+
+    @override
+    def validate_ranks(self) -> None:
+        """Nothing to check in an interactive job, where fabric starts the processes; else the ``SLURM_*`` ranks."""
+        if not self.is_interactive():
+            super().validate_ranks()
+
+    @override
+    def _local_size(self) -> tuple[str, int | None]:
+        """This node's entry of ``SLURM_NTASKS_PER_NODE`` (which may differ between nodes), when it is set."""
+        per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").strip()
+        if not per_node:
+            return "", None
+        counts = expand_task_counts(per_node)
+        node = self.node_rank()
+        return "SLURM_NTASKS_PER_NODE", counts[node] if 0 <= node < len(counts) else counts[-1]
+
+    @override
+    def _rank_bounds(self) -> list[RankBound]:
+        """Also ``SLURM_NODEID`` against ``SLURM_NNODES`` when Slurm exports the node count."""
+        nodes = env_int("SLURM_NNODES") if os.environ.get("SLURM_NNODES", "").strip() else None
+        return [*super()._rank_bounds(), ("SLURM_NODEID", self.node_rank(), "SLURM_NNODES", nodes)]
 
     @override
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:

@@ -6,7 +6,7 @@ import os
 
 from typing_extensions import override
 
-from fabric_environments._env import check_world_size
+from fabric_environments._env import RankBound, check_world_size
 from fabric_environments._fixed_ranks import FixedRanksEnvironment
 
 #: the variables torchrun exports to every worker; all of them present means torchrun started this process
@@ -41,6 +41,16 @@ class TorchElasticEnvironment(FixedRanksEnvironment):
     def local_world_size(self) -> int:
         """How many workers torchrun started on this node (``LOCAL_WORLD_SIZE``)."""
         return self._read("LOCAL_WORLD_SIZE")
+
+    @override
+    def _local_size(self) -> tuple[str, int | None]:
+        return "LOCAL_WORLD_SIZE", self.local_world_size()
+
+    @override
+    def _rank_bounds(self) -> list[RankBound]:
+        """Also ``GROUP_RANK`` against ``GROUP_WORLD_SIZE`` (the number of nodes), which torchrun exports too."""
+        nodes = self._read("GROUP_WORLD_SIZE") if os.environ.get("GROUP_WORLD_SIZE", "").strip() else None
+        return [*super()._rank_bounds(), ("GROUP_RANK", self.node_rank(), "GROUP_WORLD_SIZE", nodes)]
 
     @override
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:

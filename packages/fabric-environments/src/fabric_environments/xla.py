@@ -8,7 +8,7 @@ from types import ModuleType
 
 from typing_extensions import override
 
-from fabric_environments._env import first_env_int
+from fabric_environments._env import RankBound, first_env_int, first_set
 from fabric_environments._fixed_ranks import FixedRanksEnvironment
 from fabric_utils import TORCH_XLA, MissingDependencyError, xla_available
 
@@ -77,6 +77,13 @@ class XLAEnvironment(FixedRanksEnvironment):
     def node_rank(self) -> int:
         """This host's index in a multi-host slice (``XRT_HOST_ORDINAL``, ``TPU_WORKER_ID``...); 0 on one host."""
         return first_env_int(XLA_HOST_VARIABLES, 0)
+
+    @override
+    def _rank_bounds(self) -> list[RankBound]:
+        """Only the host variable: asking the runtime for ranks before the launcher starts the processes would
+        initialise it in the parent process, which torch_xla forbids (PJRT's ranks are consistent anyway)."""
+        host_variable = first_set(XLA_HOST_VARIABLES)
+        return [(host_variable, self.node_rank(), "", None)] if host_variable else []
 
     @override
     def teardown(self) -> None:
