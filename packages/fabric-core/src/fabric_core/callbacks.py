@@ -15,8 +15,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import entry_points
+from numbers import Number
 from typing import Any
 
 from fabric_utils import rank_zero_warn
@@ -51,11 +52,31 @@ def collect_callbacks(user_callbacks: Any) -> list[Any]:
         callbacks: list[Any] = []
     elif isinstance(user_callbacks, (list, tuple)):
         callbacks = list(user_callbacks)
+        for index, callback in enumerate(callbacks):
+            check_callback(f"callbacks[{index}]", callback)
     else:
-        callbacks = [user_callbacks]
+        callbacks = [check_callback("callbacks", user_callbacks)]
     user_types = {type(c) for c in callbacks}
     callbacks.extend(c for c in entry_point_callbacks() if type(c) not in user_types)
     return callbacks
+
+
+#: values that are data, never a callback: passing one is a mistake that would otherwise be ignored silently
+_NOT_CALLBACKS = (str, bytes, bytearray, Number, Mapping, set, frozenset, list, tuple, Iterator)
+
+
+def check_callback(where: str, callback: Any) -> Any:
+    """``callback`` when it can be a callback (any object whose methods are hooks); else a ``TypeError`` naming it."""
+    if isinstance(callback, type):
+        raise TypeError(
+            f"{where}={callback.__name__} is a class: pass an instance, e.g. callbacks=[{callback.__name__}()]."
+        )
+    if callback is None or isinstance(callback, _NOT_CALLBACKS):
+        raise TypeError(
+            f"{where}={callback!r} ({type(callback).__name__}) is not a callback. Pass a callback object (any object"
+            " whose methods are the hooks that fabric.call runs, e.g. on_train_start) or a list or tuple of them."
+        )
+    return callback
 
 
 class HookCaller:

@@ -21,7 +21,17 @@ from fabric_core.callbacks import HookCaller, collect_callbacks
 from fabric_core.connector import AcceleratorFlag, Plugin, StrategyFlag, build, is_interactive, resolve_plan
 from fabric_core.data import add_worker_seeding, global_seed, inject_distributed_sampler
 from fabric_core.loader import FabricDataLoader
-from fabric_core.validation import check_bool, check_clip_arguments, check_filter, check_loggers, check_optional_bool
+from fabric_core.validation import (
+    ReplacedParameters,
+    check_bool,
+    check_clip_arguments,
+    check_filter,
+    check_loggers,
+    check_optimizers_own_parameters,
+    check_optional_bool,
+    check_setup_module,
+    check_setup_optimizers,
+)
 from fabric_core.wrappers import FabricModule, FabricOptimizer, is_wrapped, unwrap
 from fabric_io import check_path
 from fabric_strategies import Strategy, SubprocessScriptLauncher
@@ -56,6 +66,8 @@ class Fabric:
         callbacks: Any = None,
         loggers: Logger | Sequence[Logger] | None = None,
     ) -> None:
+        self._callbacks = collect_callbacks(callbacks)  # checked first: a mistake here needs nothing else built
+        self._loggers = check_loggers(loggers)
         plan = resolve_plan(
             accelerator=accelerator,
             strategy=strategy,
@@ -70,15 +82,14 @@ class Fabric:
         self._strategy = parts.strategy
         self._precision = parts.precision
         self._cluster_environment = parts.cluster_environment
-        self._callbacks = collect_callbacks(callbacks)
         self._hooks = HookCaller()
-        self._loggers = check_loggers(loggers)
         self._environment_ready = False
         self._models_setup = 0
         # what `backward` passes to the strategy without model=...: the one set-up model's forward module (None once
         # several models are set up: the strategy must then be told which one, e.g. DeepSpeed)
         self._backward_module: nn.Module | None = None
         self._set_up: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._replaced = ReplacedParameters()
         if type(self).run is not Fabric.run:
             # calling `fabric.run(...)` launches the processes and runs the subclass's `run` in each of them
             self.run = functools.partial(self.launch, type(self).run)  # type: ignore[method-assign]
@@ -188,10 +199,11 @@ class Fabric:
     def setup(self, module: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
         """Set up a model and its optimizers for the strategy and precision; return the wrapped objects."""
         check_bool("setup", move_to_device=move_to_device)
-        self._check_setup_module(module)
-        self._check_setup_optimizers(optimizers)
+        check_setup_module(module, self._set_up)
+        check_setup_optimizers(optimizers, self._set_up)
+        check_optimizers_own_parameters(module, optimizers)
         self._ensure_launched()
-        original = module
+        original, before = module, list(module.parameters())
         module = self._precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
@@ -199,26 +211,27 @@ class Fabric:
             module, wrapped_optimizers = self._strategy.setup_module_and_optimizers(module, list(optimizers))
         else:
             module, wrapped_optimizers = self._strategy.setup_module(module), []
-        fabric_module = self._wrap_module(module, original)
+        fabric_module = self._wrap_module(module, original, before)
         fabric_optimizers = [self._wrap_optimizer(o, given) for o, given in zip(wrapped_optimizers, optimizers)]
         return (fabric_module, *fabric_optimizers) if optimizers else fabric_module
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
         """Set up a model alone (optimizers can follow with :meth:`setup_optimizers`, e.g. after FSDP sharding)."""
         check_bool("setup_module", move_to_device=move_to_device)
-        self._check_setup_module(module)
+        check_setup_module(module, self._set_up)
         self._ensure_launched()
-        original = module
+        original, before = module, list(module.parameters())
         module = self._precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
-        return self._wrap_module(self._strategy.setup_module(module), original)
+        return self._wrap_module(self._strategy.setup_module(module), original, before)
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
         """Set up optimizers (of models already set up); returns one wrapper, or a tuple for several."""
         if not optimizers:
             raise ValueError("setup_optimizers needs at least one optimizer")
-        self._check_setup_optimizers(optimizers)
+        check_setup_optimizers(optimizers, self._set_up)
+        self._replaced.check(optimizers)
         self._ensure_launched()
         wrapped = [self._wrap_optimizer(self._strategy.setup_optimizer(o), o) for o in optimizers]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
@@ -251,27 +264,8 @@ class Fabric:
         device = self.device if move and isinstance(processed, DataLoader) else None
         return FabricDataLoader(processed, device=device)
 
-    def _check_setup_module(self, module: Any) -> None:
-        if is_wrapped(module):
-            raise ValueError("This model is already set up by fabric.setup; pass the original model, only once.")
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"fabric.setup expects a torch.nn.Module, got {type(module).__name__}")
-        if module in self._set_up:
-            raise ValueError(
-                f"This {type(module).__name__} was already set up by this Fabric; set up each model only once and"
-                " use the returned wrapper."
-            )
-
-    def _check_setup_optimizers(self, optimizers: Sequence[Any]) -> None:
-        for optimizer in optimizers:
-            if is_wrapped(optimizer) or optimizer in self._set_up:
-                raise ValueError(
-                    f"This {type(optimizer).__name__} optimizer is already set up by fabric; set it up only once."
-                )
-            if not isinstance(optimizer, Optimizer):
-                raise TypeError(f"fabric.setup expects torch optimizers, got {type(optimizer).__name__}")
-
-    def _wrap_module(self, module: nn.Module, original: nn.Module) -> FabricModule:
+    def _wrap_module(self, module: nn.Module, original: nn.Module, before: Sequence[torch.Tensor]) -> FabricModule:
+        self._replaced.record(before, original, module)
         self._set_up.add(original)
         self._models_setup += 1
         self._backward_module = module if self._models_setup == 1 else None

@@ -3,9 +3,14 @@ and what is accepted, before anything changes."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import weakref
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from fabric_core.wrappers import is_wrapped
 from fabric_utils import Logger, check_clip_threshold, check_norm_type
 
 
@@ -49,9 +54,13 @@ def check_loggers(loggers: Any) -> list[Logger]:
         return []
     items = list(loggers) if isinstance(loggers, (list, tuple)) else [loggers]
     for logger in items:
+        if isinstance(logger, type):  # a class has the protocol's members too, but its methods are unbound
+            raise TypeError(f"loggers={logger.__name__} is a class: pass an instance, e.g. {logger.__name__}(...)")
         if not isinstance(logger, Logger):
             needed = "name, version, log_metrics, log_hyperparams, save, finalize"
             raise TypeError(f"{logger!r} is not a logger: a logger implements {needed} (fabric_utils.Logger)")
+    if len({id(logger) for logger in items}) < len(items):
+        raise ValueError(f"loggers={loggers!r} holds the same logger twice: every metric would be logged twice.")
     return items
 
 
@@ -66,3 +75,85 @@ def check_filter(filter: Any, state: Mapping[str, Any]) -> None:
             raise ValueError(f"save(filter=...) names the key {key!r}, which is not in the state: {sorted(state)}")
         if not callable(fn):
             raise TypeError(f"save(filter={{{key!r}: ...}}) must be a callable (name, value) -> bool, got {fn!r}")
+
+
+def check_setup_module(module: Any, set_up: Collection[Any]) -> None:
+    """``setup``/``setup_module`` take an original ``nn.Module`` that this Fabric has not set up (``set_up``) yet."""
+    if is_wrapped(module):
+        raise ValueError("This model is already set up by fabric.setup; pass the original model, only once.")
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"fabric.setup expects a torch.nn.Module, got {type(module).__name__}")
+    if module in set_up:
+        raise ValueError(
+            f"This {type(module).__name__} was already set up by this Fabric; set up each model only once and"
+            " use the returned wrapper."
+        )
+
+
+def check_setup_optimizers(optimizers: Sequence[Any], set_up: Collection[Any]) -> None:
+    """Torch optimizers, each passed once and not set up before (by this Fabric: ``set_up``; or wrapped)."""
+    for index, optimizer in enumerate(optimizers):
+        if any(optimizer is other for other in optimizers[:index]):
+            raise ValueError(f"The {type(optimizer).__name__} optimizer is passed twice; pass each one once.")
+        if is_wrapped(optimizer) or optimizer in set_up:
+            raise ValueError(
+                f"This {type(optimizer).__name__} optimizer is already set up by fabric; set it up only once."
+            )
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"fabric.setup expects torch optimizers, got {type(optimizer).__name__}")
+
+
+def check_optimizers_own_parameters(module: nn.Module, optimizers: Sequence[Optimizer]) -> None:
+    """``fabric.setup(module, *optimizers)``: every parameter an optimizer updates must be one of ``module``'s (a
+    subset is fine: frozen or shared parameters, several optimizers). Any other parameter would be left out of the
+    strategy's wrapping (not synchronised, not sharded) while the optimizer keeps updating it."""
+    owned = {id(parameter) for parameter in module.parameters()}
+    for index, optimizer in enumerate(optimizers):
+        held = _held_parameters(optimizer)
+        foreign = sum(1 for key in held if key not in owned)
+        if foreign:
+            raise ValueError(
+                f"fabric.setup: optimizer {index} ({type(optimizer).__name__}) updates {foreign} of its {len(held)}"
+                f" parameters that are not parameters of the {type(module).__name__} being set up. Create the"
+                " optimizer from model.parameters() (or a subset of them), and set up each other model with its own"
+                " optimizer."
+            )
+
+
+class ReplacedParameters:
+    """The parameters that setting up a model replaced (sharding, a precision that swaps layers). An optimizer
+    created from them would update tensors the model no longer uses; ``setup_optimizers`` refuses it."""
+
+    def __init__(self) -> None:
+        # weak: a replaced parameter nobody holds any more is forgotten (and its id can be reused safely)
+        self._replaced: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+
+    def record(self, before: Iterable[Tensor], *after: nn.Module) -> None:
+        """Remember those of ``before`` (a model's parameters before set-up) that none of ``after`` holds now."""
+        current = {id(parameter) for module in after for parameter in module.parameters()}
+        for parameter in before:
+            if id(parameter) not in current:
+                self._replaced[id(parameter)] = parameter
+
+    def check(self, optimizers: Sequence[Optimizer]) -> None:
+        for index, optimizer in enumerate(optimizers):
+            held = _held_parameters(optimizer)
+            stale = sum(1 for key, parameter in held.items() if self._replaced.get(key) is parameter)
+            if stale:
+                raise ValueError(
+                    f"fabric.setup_optimizers: optimizer {index} ({type(optimizer).__name__}) updates {stale} of its"
+                    f" {len(held)} parameters that setting up the model replaced (the strategy or the precision"
+                    " swapped them). Create the optimizer after fabric.setup_module, from the parameters of the"
+                    " model it returned."
+                )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # weak references do not pickle; a copy (e.g. in a spawned process) starts empty
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+def _held_parameters(optimizer: Optimizer) -> dict[int, Tensor]:
+    """The tensors ``optimizer`` updates, by identity (a parameter listed in two groups counts once)."""
+    return {id(parameter): parameter for group in optimizer.param_groups for parameter in group["params"]}
