@@ -27,10 +27,19 @@ from torch.utils.data import DataLoader
 
 from fabric_core import Fabric
 from fabric_core.cli import main as fabric_cli
+from fabric_environments import KubeflowEnvironment
+from fabric_loggers import CSVLogger, TensorBoardLogger
 from fabric_strategies import STRATEGY_REGISTRY
-from fabric_utils import DEEPSPEED, MissingDependencyError
+from fabric_utils import DEEPSPEED, TENSORBOARDX, MissingDependencyError
+
 
 # -- the constructor ------------------------------------------------------------------------------------------------
+class _Callback:
+    def on_train_start(self) -> None: ...
+
+
+_LOGGER = CSVLogger("never-written")  # a logger writes nothing until it logs
+
 CONSTRUCTOR_CASES: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"accelerator": "cpuu"}, ValueError, "'cpuu'"),
     ({"accelerator": "CUDA!"}, ValueError, "'CUDA!'"),
@@ -72,6 +81,18 @@ CONSTRUCTOR_CASES: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"plugins": "precision"}, TypeError, "'precision'"),
     ({"plugins": [object()]}, TypeError, "object"),
     ({"loggers": 1}, TypeError, "1 is not a logger"),
+    # callbacks= and loggers= (issue #14): data is never a callback; a class is not an instance
+    ({"callbacks": 5}, TypeError, "callbacks=5 (int) is not a callback"),
+    ({"callbacks": "abc"}, TypeError, "callbacks='abc' (str) is not a callback"),
+    ({"callbacks": b"abc"}, TypeError, "callbacks=b'abc' (bytes)"),
+    ({"callbacks": 1.5}, TypeError, "callbacks=1.5 (float)"),
+    ({"callbacks": {"early_stop": 3}}, TypeError, "callbacks={'early_stop': 3} (dict)"),
+    ({"callbacks": [None]}, TypeError, "callbacks[0]=None (NoneType)"),
+    ({"callbacks": [_Callback(), 7]}, TypeError, "callbacks[1]=7 (int)"),
+    ({"callbacks": _Callback}, TypeError, "callbacks=_Callback is a class"),
+    ({"loggers": CSVLogger}, TypeError, "loggers=CSVLogger is a class"),
+    ({"loggers": "csv"}, TypeError, "'csv' is not a logger"),
+    ({"loggers": [_LOGGER, _LOGGER]}, ValueError, "holds the same logger twice"),
 ]
 
 
@@ -215,7 +236,40 @@ METHOD_CASES: list[tuple[str, Callable[[Context], Any], type[Exception], str]] =
     ("seed str", lambda c: c.fabric.seed_everything("abc"), TypeError, "'abc'"),
     ("seed out of range", lambda c: c.fabric.seed_everything(2**40), ValueError, str(2**40)),
     ("mark_forward_method", lambda c: c.fabric.mark_forward_method(c.model, "nonexistent"), ValueError, "nonexistent"),
+    # an optimizer over parameters that are not the model's (issue #14): refused before anything is wrapped
+    (
+        "setup optimizer of another model",
+        lambda c: c.fabric.setup(nn.Linear(4, 2), torch.optim.SGD(nn.Linear(4, 2).parameters(), lr=0.1)),
+        ValueError,
+        "optimizer 0 (SGD) updates 2 of its 2 parameters that are not parameters of the Linear",
+    ),
+    (
+        "setup second optimizer partly foreign",
+        lambda c: _setup_with_extra(c.fabric, nn.Linear(4, 2)),
+        ValueError,
+        "optimizer 1 (Adam) updates 1 of its 3 parameters",
+    ),
+    (
+        "setup the same optimizer twice",
+        lambda c: (lambda m: c.fabric.setup(m, *[torch.optim.SGD(m.parameters(), lr=1)] * 2))(nn.Linear(4, 2)),
+        ValueError,
+        "The SGD optimizer is passed twice",
+    ),
+    (
+        "setup_optimizers the same optimizer twice",
+        lambda c: c.fabric.setup_optimizers(*[torch.optim.SGD(c.raw_model.parameters(), lr=1)] * 2),
+        ValueError,
+        "The SGD optimizer is passed twice",
+    ),
 ]
+
+
+def _setup_with_extra(fabric: Fabric, model: nn.Module) -> Any:
+    """A second optimizer over the model's parameters and one more that no module holds (a learned temperature)."""
+    extra = nn.Parameter(torch.zeros(1))
+    return fabric.setup(
+        model, torch.optim.SGD(model.parameters(), lr=1), torch.optim.Adam([*model.parameters(), extra])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -290,8 +344,97 @@ def test_bad_cli_argument_in_a_real_process(cli_files: dict[str, str], helpers: 
     assert "must never run" not in result.stdout + result.stderr
 
 
-def test_the_tables_hold_at_least_forty_bad_inputs() -> None:
-    assert len(CONSTRUCTOR_CASES) + len(METHOD_CASES) + len(CLI_CASES) >= 40
+# -- logger folders: a name, version or sub_dir never leads outside root_dir (issue #14) -----------------------------
+LOGGER_CASES: list[tuple[type, dict[str, Any], str]] = [
+    (CSVLogger, {"name": "../x"}, "name='../x' would write outside root_dir: it has a '..' component"),
+    (CSVLogger, {"name": "exp/../../x"}, "name='exp/../../x'"),
+    (CSVLogger, {"name": "{outside}"}, "name='{outside}' would write outside root_dir: it is an absolute path"),
+    (CSVLogger, {"version": "../v"}, "version='../v'"),
+    (CSVLogger, {"version": "{outside}"}, "version='{outside}'"),
+    (CSVLogger, {"name": "s3://bucket/x"}, "name='s3://bucket/x' would write outside root_dir: it is a URL"),
+    (TensorBoardLogger, {"name": "../x"}, "name='../x'"),
+    (TensorBoardLogger, {"version": "../../v"}, "version='../../v'"),
+    (TensorBoardLogger, {"sub_dir": "../../../x"}, "sub_dir='../../../x'"),
+    (TensorBoardLogger, {"sub_dir": "{outside}"}, "sub_dir='{outside}'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("logger", "kwargs", "names"), LOGGER_CASES, ids=[f"{c.__name__}-{k}" for c, k, _ in LOGGER_CASES]
+)
+def test_bad_logger_folder(tmp_path: Path, logger: type, kwargs: dict[str, Any], names: str) -> None:
+    if logger is TensorBoardLogger and not TENSORBOARDX.available:
+        pytest.skip("TensorBoardLogger needs tensorboardX")
+    outside = str(tmp_path / "outside")
+    kwargs = {key: value.format(outside=outside) for key, value in kwargs.items()}
+    with pytest.raises(ValueError) as info:
+        logger(tmp_path / "root", **kwargs)
+    assert names.format(outside=outside) in str(info.value), info.value
+    assert "Use a relative folder such as 'exp' or 'exp/run_1'" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # nothing was created, inside root_dir or outside
+
+
+# -- launcher variables that contradict each other (issue #14): refused before any rendezvous ----------------------
+_TORCHRUN = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "WORLD_SIZE": "2", "RANK": "1"}
+_TORCHRUN.update({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0"})
+_SRUN = {"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_NODEID": "0", "SLURM_NNODES": "1"}
+_SRUN.update({"SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_ID": "42", "SLURM_JOB_NAME": "train.py"})
+_KUBEFLOW = {"MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456", "WORLD_SIZE": "2", "RANK": "1"}
+
+ENVIRONMENT_CASES: list[tuple[str, dict[str, str], dict[str, Any], str]] = [
+    ("torchrun rank past the world", {**_TORCHRUN, "RANK": "7"}, {}, "RANK=7 must satisfy 0 <= RANK < WORLD_SIZE=2"),
+    ("torchrun negative rank", {**_TORCHRUN, "RANK": "-1"}, {}, "RANK=-1 must satisfy"),
+    ("torchrun local rank", {**_TORCHRUN, "LOCAL_RANK": "2"}, {}, "LOCAL_RANK=2 must satisfy 0 <= LOCAL_RANK < LOCAL"),
+    ("torchrun node rank", {**_TORCHRUN, "GROUP_WORLD_SIZE": "1", "GROUP_RANK": "1"}, {}, "GROUP_RANK=1 must"),
+    ("torchrun world of 0", {**_TORCHRUN, "WORLD_SIZE": "0"}, {}, "WORLD_SIZE=0 must be at least 1"),
+    ("torchrun rank not a number", {**_TORCHRUN, "RANK": "one"}, {}, "RANK='one' must be an integer"),
+    (
+        "slurm rank",
+        {**_SRUN, "SLURM_PROCID": "2"},
+        {},
+        "SLURM_PROCID=2 must satisfy 0 <= SLURM_PROCID < SLURM_NTASKS=2",
+    ),
+    (
+        "slurm node",
+        {**_SRUN, "SLURM_NODEID": "1"},
+        {},
+        "SLURM_NODEID=1 must satisfy 0 <= SLURM_NODEID < SLURM_NNODES=1",
+    ),
+    ("slurm local", {**_SRUN, "SLURM_LOCALID": "3"}, {}, "SLURM_LOCALID=3 must satisfy"),
+    (
+        "kubeflow",
+        {**_KUBEFLOW, "RANK": "2"},
+        {"plugins": KubeflowEnvironment()},
+        "RANK=2 must satisfy 0 <= RANK < WORLD",
+    ),
+    (
+        "local node rank",
+        {"NODE_RANK": "2"},
+        {"devices": 1, "num_nodes": 2},
+        "NODE_RANK=2 must satisfy 0 <= NODE_RANK <",
+    ),
+    ("local rank past the world", {"LOCAL_RANK": "0", "RANK": "3", "WORLD_SIZE": "2"}, {}, "RANK=3 must satisfy 0 <="),
+]
+
+
+@pytest.mark.parametrize(
+    ("variables", "kwargs", "names"), [pytest.param(v, k, n, id=i) for i, v, k, n in ENVIRONMENT_CASES]
+)
+def test_inconsistent_launcher_variables(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], kwargs: dict[str, Any], names: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError) as info:
+        Fabric(**{"accelerator": "cpu", "devices": 2, "strategy": "ddp", **kwargs})
+    assert names in str(info.value), info.value
+    if "must be an integer" not in names:  # a value that is no number is named as it is, with the rule
+        assert "Fix the launcher's environment variables" in str(info.value)
+
+
+def test_the_tables_hold_at_least_sixty_bad_inputs() -> None:
+    tables = (CONSTRUCTOR_CASES, METHOD_CASES, CLI_CASES, LOGGER_CASES, ENVIRONMENT_CASES)
+    assert sum(len(table) for table in tables) >= 60
 
 
 # -- any combination of constructor flags -------------------------------------------------------------------------
