@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from fabric_io import CheckpointIO, TorchCheckpointIO, exists
+from fabric_io import CheckpointIO, TorchCheckpointIO, UnsafeCheckpointError, exists
 from fabric_testing import TinyMLP
 
 if TYPE_CHECKING:
@@ -79,6 +79,26 @@ def test_weights_only_refusal_explains_the_opt_out(storage: Storage) -> None:
     assert "weights_only=False only if you trust" in message
     loaded = checkpoint_io.load_checkpoint(path, weights_only=False)
     assert loaded["custom"].value == 3
+
+
+class BlockedModulePayload:
+    """Unpickles by calling ``os.getenv`` (harmless, but of a module torch's weights-only unpickler blocks)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.getenv, ("HOME",))
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"), [(BlockedModulePayload(), "'os.getenv'"), (CustomState(1), "CustomState")]
+)
+def test_refused_globals_are_named_as_refusals(tmp_path: Path, payload: object, named: str) -> None:
+    """torch words a refused global of a module it blocks (``os``) differently from an unlisted class; both are
+    refusals naming the global, not "corrupt file"."""
+    path = str(tmp_path / "ckpt.pt")
+    TorchCheckpointIO().save_checkpoint({"w": torch.ones(2), "payload": payload}, path)
+    with pytest.raises(UnsafeCheckpointError, match="Refused to load .* contains .*" + re.escape(named)) as info:
+        TorchCheckpointIO().load_checkpoint(path)
+    assert "corrupt" not in str(info.value)
 
 
 def test_map_location_is_passed_to_torch_load(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 import torch
 
+from fabric_io import TorchCheckpointIO, UnsafeCheckpointError
 from fabric_strategies import MissingStateKeyError, SingleDeviceStrategy
 
 
@@ -185,3 +186,18 @@ def test_a_raw_state_dict_that_does_not_fit_names_the_object_and_the_file(tmp_pa
     torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "raw.pt")
     with pytest.raises(RuntimeError, match=r"(?s)the Linear module from the checkpoint '.*raw\.pt': .*size mismatch"):
         strategy.load_checkpoint(tmp_path / "raw.pt", torch.nn.Linear(5, 2))
+
+
+class PermissiveIO(TorchCheckpointIO):
+    """A third-party checkpoint IO whose own default (``weights_only=None``) unpickles everything."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return super().load_checkpoint(path, map_location, weights_only=False if weights_only is None else weights_only)
+
+
+def test_a_custom_checkpoint_io_does_not_decide_the_default(tmp_path):
+    strategy = SingleDeviceStrategy(checkpoint_io=PermissiveIO())
+    strategy.save_checkpoint(tmp_path / "w.pt", {"obj": Custom(3)})
+    with pytest.raises(UnsafeCheckpointError, match=r"w.pt"):
+        strategy.load_checkpoint(tmp_path / "w.pt")
+    assert strategy.load_checkpoint(tmp_path / "w.pt", weights_only=False)["obj"].value == 3

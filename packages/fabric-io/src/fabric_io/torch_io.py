@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import reprlib
 import struct
 from collections.abc import Mapping
@@ -15,8 +16,12 @@ from typing_extensions import override
 
 from fabric_io.atomic import atomic_save
 from fabric_io.base import CheckpointIO
+from fabric_io.errors import UnsafeCheckpointError
 from fabric_io.filesystem import check_path, get_filesystem, is_remote_path, local_path, remove_path
 from fabric_utils import PathLike
+
+# how torch's weights-only unpickler names what it refused: a global outside its allowlist, or one of a module it blocks
+_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 
 # What torch.load raises for a file it cannot read: truncated or corrupt archives (RuntimeError or OSError from the
 # zip reader, EOFError, UnpicklingError), pickles naming code that is gone (ImportError, AttributeError), bad payloads.
@@ -144,9 +149,9 @@ def _open_for_load(path: PathLike, storage_options: dict[str, Any]) -> str | io.
 
 def _load_error(path: PathLike, err: BaseException, weights_only: bool) -> ValueError:
     name = os.fspath(path)
-    if weights_only and "Unsupported global" in str(err):
+    if weights_only and _REFUSED_GLOBAL.search(str(err)):
         refused = refused_global(err)
-        return ValueError(
+        return UnsafeCheckpointError(
             f"Refused to load {name!r} with weights_only=True: it contains {refused}, which is not a tensor or a "
             "plain container. Pass weights_only=False only if you trust the source of this file (unpickling it "
             "can run arbitrary code), or allow the type with torch.serialization.add_safe_globals([...])."
@@ -169,8 +174,5 @@ def _load_error(path: PathLike, err: BaseException, weights_only: bool) -> Value
 def refused_global(err: BaseException) -> str:
     """The ``module.name`` that torch's weights-only unpickler refused (quoted), read from its error message; a
     general phrase when the message names none."""
-    for line in str(err).splitlines():
-        marker = "Unsupported global: GLOBAL "
-        if marker in line:
-            return repr(line.split(marker, 1)[1].split(" ", 1)[0])
-    return "an object type outside torch's weights-only allowlist"
+    match = _REFUSED_GLOBAL.search(str(err))
+    return repr(match.group(1)) if match else "an object type outside torch's weights-only allowlist"

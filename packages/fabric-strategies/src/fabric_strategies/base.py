@@ -317,8 +317,10 @@ class Strategy(ABC):
     ) -> dict[str, Any]:
         """Restore the checkpoint at ``path`` into the objects of ``state``; return what ``state`` did not take.
 
-        With a module or an optimizer as ``state``, the file holds that object's raw state dict.
+        With a module or an optimizer as ``state``, the file holds that object's raw state dict. ``weights_only``
+        defaults to True here, whatever the default of a custom checkpoint IO.
         """
+        weights_only = True if weights_only is None else weights_only
         checkpoint = self.checkpoint_io.load_checkpoint(path, map_location="cpu", weights_only=weights_only)
         if isinstance(state, Module):
             with loading(path, state):
