@@ -138,16 +138,30 @@ def tests(session: nox.Session, package: str) -> None:
     install_packages(session, [package], test_of=package)
     if package == "fabric-environments":
         ensure_mpi(session)
+    if package in ("fabric-environments", "fabric-testing"):
+        ensure_slurm(session)
     run_pytest(session, package, "--hardware", "cpu")
 
 
 def ensure_mpi(session: nox.Session) -> None:
     """MPI tests run for real: install Open MPI (Debian) and mpi4py when the machine lets us."""
-    if shutil.which("mpirun") is None and shutil.which("apt-get") and os.geteuid() == 0:
-        session.run("apt-get", "update", "-qq", external=True, silent=True)
-        session.run("apt-get", "install", "-y", "-qq", "openmpi-bin", "libopenmpi-dev", external=True, silent=True)
+    apt_install(session, "mpirun", "openmpi-bin", "libopenmpi-dev")
     if shutil.which("mpirun"):
         session.install("mpi4py>=3.1")
+
+
+def ensure_slurm(session: nox.Session) -> None:
+    """The Slurm tests start a real single-host cluster (fabric_testing.start_slurm_cluster): install Debian's
+    Slurm and munge when the machine lets us; elsewhere those tests skip, saying why."""
+    apt_install(session, "slurmctld", "slurm-wlm", "munge")
+
+
+def apt_install(session: nox.Session, program: str, *packages: str) -> None:
+    """Install Debian ``packages`` unless ``program`` is on PATH already; only as root where apt-get exists."""
+    if shutil.which(program) is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-qq", external=True, silent=True, env=env)
+        session.run("apt-get", "install", "-y", "-qq", *packages, external=True, silent=True, env=env)
 
 
 @nox.session(default=False)
@@ -174,6 +188,7 @@ def integration(session: nox.Session) -> None:
     install_packages(session, ["fabric-core"], test_of="fabric-core")
     # DeepSpeed checkpoints are part of the cross-package contract (untrusted-checkpoint tests)
     session.install("-c", CONSTRAINTS, "deepspeed>=0.14")
+    ensure_slurm(session)  # the Slurm tests train with Fabric on a real cluster
     session.run(
         "python",
         "-m",

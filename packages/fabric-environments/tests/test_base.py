@@ -57,6 +57,7 @@ def test_a_minimal_subclass_gets_the_defaults() -> None:
     env.teardown()
     assert repr(env) == "Fixed()"
     assert (env.name, env.detection_priority) == ("", 0)
+    assert env.preemption_signals() == ()  # no scheduler warns of the end of the job by default
 
 
 def test_the_default_rank_check_of_a_subclass() -> None:

@@ -297,3 +297,12 @@ def test_requeue_without_scontrol_or_job_id(
 def test_requeue_succeeds_with_scontrol(srun_env: SLURMEnvironment, fake_scontrol: Path) -> None:
     assert srun_env.requeue() is True
     assert fake_scontrol.read_text().split() == ["requeue", "1234567"]
+
+
+def test_preemption_signals_are_the_requeue_signal_in_a_srun_task(
+    srun_env: SLURMEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert srun_env.preemption_signals() == (signal.SIGUSR1,)
+    assert SLURMEnvironment(requeue_signal=signal.SIGUSR2).preemption_signals() == (signal.SIGUSR2,)
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")  # an interactive allocation: fabric starts the processes
+    assert srun_env.preemption_signals() == ()

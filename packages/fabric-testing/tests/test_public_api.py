@@ -13,6 +13,7 @@ EXPECTED = [
     "RandomDataset",
     "RandomLabelledDataset",
     "RunIf",
+    "SlurmCluster",
     "Snapshot",
     "TinyConvNet",
     "TinyMLP",
@@ -22,6 +23,7 @@ EXPECTED = [
     "find_free_port",
     "run_processes",
     "small_filesystem",
+    "start_slurm_cluster",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from abc import ABC, abstractmethod
 
 from fabric_environments._env import RankBound, check_ranks
@@ -76,6 +77,11 @@ class ClusterEnvironment(ABC):
 
     def teardown(self) -> None:  # noqa: B027 - optional hook
         """Undo anything the environment set up for the run."""
+
+    def preemption_signals(self) -> tuple[signal.Signals, ...]:
+        """The signals this environment's scheduler sends to warn that the job will end soon (a time limit, a
+        preemption). ``Fabric.launch()`` watches them for ``fabric.preempted``. None by default."""
+        return ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

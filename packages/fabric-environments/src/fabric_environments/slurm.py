@@ -178,6 +178,12 @@ class SLURMEnvironment(FixedRanksEnvironment):
     def requeue_signal(self) -> int:
         return int(self._requeue_signal if self._requeue_signal is not None else signal.SIGUSR1)
 
+    @override
+    def preemption_signals(self) -> tuple[signal.Signals, ...]:
+        """:attr:`requeue_signal` in a job started by srun (none in an interactive one): ask Slurm to send it before
+        the time limit with ``#SBATCH --signal=USR1@90`` (or ``B:USR1@90`` to the batch script, which forwards it)."""
+        return () if self.is_interactive() else (signal.Signals(self.requeue_signal),)
+
     @property
     def requeue_requested(self) -> bool:
         """True once the requeue signal arrived: the training loop should save and stop."""

@@ -11,6 +11,7 @@ from fabric_testing.launcher import (
 from fabric_testing.models import RandomDataset, RandomLabelledDataset, TinyConvNet, TinyMLP
 from fabric_testing.payload import PicklePayload
 from fabric_testing.runif import STANDALONE_ENV, RunIf
+from fabric_testing.slurm import SlurmCluster, start_slurm_cluster
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "RandomDataset",
     "RandomLabelledDataset",
     "RunIf",
+    "SlurmCluster",
     "Snapshot",
     "TinyConvNet",
     "TinyMLP",
@@ -30,4 +32,5 @@ __all__ = [
     "find_free_port",
     "run_processes",
     "small_filesystem",
+    "start_slurm_cluster",
 ]

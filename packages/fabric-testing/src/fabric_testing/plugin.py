@@ -9,6 +9,7 @@ import pytest
 
 from fabric_testing.disk import small_filesystem
 from fabric_testing.hygiene import Snapshot, check_and_restore
+from fabric_testing.slurm import SlurmCluster, start_slurm_cluster
 
 HARDWARE_MARKERS = ("cuda", "xla", "mps")
 
@@ -76,3 +77,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     ``ENOSPC``. Skips where mounting is not permitted (see ``fabric_testing.small_filesystem``)."""
     with small_filesystem(tmp_path / "small-disk", "2m") as directory:
         yield directory
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A real single-node Slurm cluster (munged, slurmctld, slurmd) for the whole session, stopped at its end.
+    Skips where it cannot start (not root, Slurm not installed; see ``fabric_testing.start_slurm_cluster``)."""
+    with start_slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
