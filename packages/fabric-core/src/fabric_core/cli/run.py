@@ -12,6 +12,10 @@ each restart) forms a new round of it, and fabric asks torchrun (``TORCH_DISABLE
 each attempt's processes a store of their own: ``MASTER_ADDR``/``MASTER_PORT`` point at a store that process rank 0
 of that attempt hosts on a fresh port, so restarted processes never read the addresses of the processes of a
 failed attempt. The rendezvous numbers the nodes (``GROUP_RANK``); ``--node-rank`` says which node hosts it.
+
+Failures on several nodes: the ``fabric run`` of node 0 hosts the rendezvous store itself and keeps it while every
+node whose processes failed posts which ranks failed; each node then prints the failures of every node (or that a
+node sent no report: it was lost), so the node whose processes only lost their peers still names the failed rank.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import click
 
+from fabric_core.cli.job_failures import connect_store, describe_job, exchange_reports, host_store
 from fabric_core.connector import (
     ENV_ACCELERATOR,
     ENV_DEVICES,
@@ -229,6 +234,7 @@ def torchrun_arguments(config: RunConfig) -> list[str]:
 def launch(config: RunConfig) -> int:
     """Start the processes of this node with torch's elastic launcher; return the exit code for ``fabric run``."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
     from torch.distributed.run import get_args_parser
     from torch.distributed.run import run as torchrun
 
@@ -238,16 +244,61 @@ def launch(config: RunConfig) -> int:
         # share the cores between the processes of this node (torchrun would pick 1 and warn about it)
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // config.processes_per_node))
     arguments = get_args_parser().parse_args(torchrun_arguments(config))
+    # on several nodes, node 0 hosts the rendezvous store itself so that it outlives torchrun's agent: the nodes
+    # exchange their failure reports there (see fabric_core.cli.job_failures)
+    store = _host_rendezvous_store(config) if config.num_nodes > 1 and config.node_rank == 0 else None
     try:
         torchrun(arguments)
     except ChildFailedError as err:
-        click.echo(f"fabric run: {_describe_failures(err)}; every process of the run was stopped.", err=True)
+        _report_failure(config, store, _describe_failures(err))
         _, first = err.get_first_failure()
         return first.exitcode if isinstance(first.exitcode, int) and first.exitcode > 0 else 1
+    except RendezvousError as err:
+        click.echo(f"fabric run: {_describe_rendezvous_error(config, err)}", err=True)
+        return 1
     return 0
 
 
-def _describe_failures(err: Any) -> str:
+def _describe_rendezvous_error(config: RunConfig, err: Exception) -> str:
+    """Why the rendezvous failed (torch's message says little more than that), naming the node that hosts it."""
+    cause = f" ({type(err.__cause__).__name__}: {err.__cause__})" if err.__cause__ is not None else ""
+    where = f"the rendezvous on {_endpoint(config.main_address, config.main_port)}"
+    if config.num_nodes > 1 and config.node_rank != 0:
+        where += (
+            ", hosted by node 0 (--node-rank 0), failed: node 0 was lost (its `fabric run` was killed or its machine is"
+            " gone) or cannot be reached at --main-address/--main-port"
+        )
+    else:
+        where += " failed"
+    return f"{where}; every process of this node was stopped. {type(err).__name__}: {err}{cause}"
+
+
+def _host_rendezvous_store(config: RunConfig) -> Any:
+    try:
+        return host_store(config.main_address, config.main_port)
+    except (RuntimeError, OSError) as err:
+        raise click.ClickException(
+            f"cannot host the rendezvous on {_endpoint(config.main_address, config.main_port)} (--main-address,"
+            f" --main-port): {err}. Choose a free --main-port (the same on every node)."
+        ) from None
+
+
+def _report_failure(config: RunConfig, store: Any, failures: list[str]) -> None:
+    """Print which processes failed: those of this node, or on several nodes those of every node."""
+    if config.num_nodes == 1:
+        click.echo(f"fabric run: {'; '.join(failures)}; every process of the run was stopped.", err=True)
+        return
+    if store is None:
+        store = connect_store(config.main_address, config.main_port)
+    reports = None if store is None else exchange_reports(store, config.node_rank, config.num_nodes, failures)
+    click.echo(
+        f"fabric run: the job failed (this is node {config.node_rank}; every process of this node was stopped):\n"
+        f"{describe_job(reports, config.num_nodes)}",
+        err=True,
+    )
+
+
+def _describe_failures(err: Any) -> list[str]:
     """Every failed process, the first one observed first (each printed its own traceback above)."""
     first_rank, _ = err.get_first_failure()
     ranks = sorted(err.failures, key=lambda rank: (rank != first_rank, rank))
@@ -257,4 +308,4 @@ def _describe_failures(err: Any) -> str:
         parts.append(
             f"rank {rank} (local rank {failure.local_rank}, pid {failure.pid}) failed with exit code {failure.exitcode}"
         )
-    return "; ".join(parts)
+    return parts

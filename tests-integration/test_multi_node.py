@@ -1,0 +1,246 @@
+"""Several nodes on one host: ``fabric run --num-nodes 2 --node-rank K`` as two commands forms one world of 4.
+
+Each command starts 2 CPU processes (``--devices 2``); the two commands meet in torch's ``c10d`` rendezvous on
+127.0.0.1, hosted by the one with ``--node-rank 0``. ``scripts/multi_node.py`` records what each process saw: its
+ranks, the results of ``all_reduce``/``all_gather``/``broadcast``, the indices of the samples
+``setup_dataloaders`` gave it, its trained weights, and whether a checkpoint saved with ``fabric.save`` loaded back
+equal. The weights are checked against one process training on the same global batches (rebuilt from the indices).
+
+A failing node: a process of node 1 raises, or is SIGKILLed, or the whole node (its ``fabric run`` and its processes)
+is killed. Both commands (the survivor alone when node 1 was killed) exit non-zero within seconds, and the output of
+node 0's command names node 1 and, where node 1 could report it, the failing rank.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from fabric_testing import find_free_port
+
+SCRIPT = Path(__file__).parent / "scripts" / "multi_node.py"
+NODES, DEVICES = 2, 2
+WORLD = NODES * DEVICES
+STOP_WITHIN = 15.0  # seconds from a failure until every process of both commands has ended
+
+
+def load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("multi_node_script", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Node:
+    """One running ``fabric run`` command (a node of the job)."""
+
+    rank: int
+    process: subprocess.Popen[bytes]
+    log: Path
+    returncode: int | None = None
+    ended: float | None = None
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def node_command(node_rank: int, port: int, *script_args: str, max_restarts: int = 0) -> list[str]:
+    options = ["--accelerator", "cpu", "--strategy", "ddp", "--devices", str(DEVICES), "--num-nodes", str(NODES)]
+    options += ["--node-rank", str(node_rank), "--main-address", "127.0.0.1", "--main-port", str(port)]
+    options += ["--max-restarts", str(max_restarts)]
+    return [sys.executable, "-m", "fabric_core.cli", "run", *options, "--", str(SCRIPT), *script_args]
+
+
+def start_nodes(helpers: Any, workdir: Path, *script_args: str, max_restarts: int = 0) -> list[Node]:
+    """Start one ``fabric run`` command per node, each in its own session (as on separate machines)."""
+    port = find_free_port()
+    env = helpers.command_environment()
+    nodes = []
+    for node_rank in range(NODES):
+        log = workdir / f"node{node_rank}.log"
+        command = node_command(node_rank, port, *script_args, max_restarts=max_restarts)
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        nodes.append(Node(node_rank, process, log))
+    return nodes
+
+
+def all_pids(helpers: Any, nodes: list[Node], workdir: Path) -> list[int]:
+    """Every process of the job still alive: the commands' sessions and the recorded ranks (torchrun starts its
+    workers in sessions of their own)."""
+    alive = set()
+    for node in nodes:
+        alive.update(helpers.session_processes(node.process.pid))
+    ranks = helpers.recorded_ranks(workdir / "pids")
+    alive.update(pid for pid, (_, start) in ranks.items() if helpers.is_alive(pid, start))
+    return sorted(alive)
+
+
+def describe(nodes: list[Node]) -> str:
+    return "\n".join(f"--- node {n.rank} exited with {n.returncode}:\n{n.output[-5000:]}" for n in nodes)
+
+
+def wait_nodes(helpers: Any, nodes: list[Node], workdir: Path, timeout: float) -> None:
+    """Wait until every command has exited and no process of the job runs; kill everything and fail past
+    ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for node in nodes:
+            if node.returncode is None and node.process.poll() is not None:
+                node.returncode, node.ended = node.process.returncode, time.time()
+        if all(node.returncode is not None for node in nodes) and not all_pids(helpers, nodes, workdir):
+            return
+        time.sleep(0.05)
+    for pid in [*all_pids(helpers, nodes, workdir), *(node.process.pid for node in nodes)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for node in nodes:
+        node.process.wait()
+    pytest.fail(f"the job did not end within {timeout}s (every process was killed)\n{describe(nodes)}")
+
+
+def read_records(workdir: Path) -> list[dict[str, Any]]:
+    return [json.loads((workdir / "out" / f"rank{rank}.json").read_text()) for rank in range(WORLD)]
+
+
+def reference_weights(records: list[dict[str, Any]], steps: int) -> dict[str, torch.Tensor]:
+    """One process training the same model with SGD on each step's global batch (all ranks' samples together)."""
+    script = load_script()
+    model = script.make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    dataset = script.IndexedDataset()
+    for step in range(steps):
+        indices = torch.tensor([i for record in records for i in record["batches"][step]])
+        loss = torch.nn.functional.mse_loss(model(dataset.x[indices]), dataset.y[indices])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.state_dict()
+
+
+@pytest.fixture
+def job_dir(workdir: Path) -> Path:
+    (workdir / "out").mkdir()
+    return workdir
+
+
+@pytest.mark.timeout(200)
+def test_two_commands_form_one_world_of_four(helpers: Any, job_dir: Path) -> None:
+    steps = 4  # one epoch: 32 samples in global batches of 4 x 2
+    nodes = start_nodes(helpers, job_dir, *script_args(job_dir, "--steps", str(steps), "--ckpt", "ckpt.pt"))
+    wait_nodes(helpers, nodes, job_dir, timeout=180)
+    assert [node.returncode for node in nodes] == [0, 0], describe(nodes)
+    records = read_records(job_dir)
+
+    # ranks: each command's processes share a node rank, and global rank = node rank x 2 + local rank
+    assert [r["global_rank"] for r in records] == list(range(WORLD))
+    assert {r["world_size"] for r in records} == {WORLD}
+    assert {r["strategy"] for r in records} == {"DDPStrategy"}
+    for record in records:
+        assert record["node_rank"] == record["group_rank"], record
+        assert record["global_rank"] == record["node_rank"] * DEVICES + record["local_rank"], record
+    assert sorted((r["node_rank"], r["local_rank"]) for r in records) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # node 0 hosts the rendezvous and got node rank 0 (it joins with --main-address; sorted first on this host)
+    assert records[0]["node_rank"] == 0
+
+    # collectives across both nodes
+    for record in records:
+        assert record["all_reduce_sum"] == sum(range(WORLD))
+        assert record["all_gather"] == list(range(WORLD))
+        assert record["broadcast"] == {"from": WORLD - 1, "payload": [WORLD - 1] * 3}
+
+    # setup_dataloaders sharded the shuffled data: every sample seen exactly once in the epoch, by one rank
+    seen = [i for record in records for i in record["epochs"][0]]
+    assert sorted(seen) == list(range(32)), seen
+
+    # the same weights everywhere, equal to one process training on the same global batches
+    expected = reference_weights(records, steps)
+    for record in records:
+        weights = {name: torch.tensor(value) for name, value in record["weights"].items()}
+        assert weights.keys() == expected.keys()
+        for name, value in expected.items():
+            torch.testing.assert_close(weights[name], value, atol=1e-6, rtol=0, msg=f"rank {record['global_rank']}")
+
+    # the checkpoint, written once by global rank 0, loaded back equal on every process
+    assert all(record["loaded_equal"] and record["loaded_step"] == steps for record in records), records
+    checkpoint = torch.load(job_dir / "ckpt.pt", weights_only=True)
+    assert checkpoint["step"] == steps
+    for name, value in expected.items():
+        torch.testing.assert_close(checkpoint["model"][name], value, atol=1e-6, rtol=0)
+
+
+def script_args(job_dir: Path, *extra: str) -> list[str]:
+    return ["--out-dir", str(job_dir / "out"), "--pid-dir", str(job_dir / "pids"), *extra]
+
+
+def failure_time(job_dir: Path) -> float:
+    return float((job_dir / "pids" / "fail-time").read_text())
+
+
+@pytest.mark.scale
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("kind", ["raise", "sigkill"])
+def test_a_failing_process_on_one_node_stops_both_commands(helpers: Any, job_dir: Path, kind: str) -> None:
+    """Global rank 2 (node 1, local rank 0) fails at step 2; node 0's processes wait for it in the all-reduce."""
+    nodes = start_nodes(helpers, job_dir, *script_args(job_dir, "--steps", "6", "--fail", f"2:2:{kind}"))
+    wait_nodes(helpers, nodes, job_dir, timeout=180)
+    failed = failure_time(job_dir)
+    assert all(node.returncode not in (0, None) for node in nodes), describe(nodes)
+    late = [(node.rank, round(node.ended - failed, 1)) for node in nodes if node.ended > failed + STOP_WITHIN]
+    assert not late, f"(node, seconds after the failure) that ended too late: {late}\n{describe(nodes)}"
+    for node in nodes:
+        assert "finished" not in node.output, describe(nodes)
+        # each command names the node and the rank that failed, not only the processes of its own node that were
+        # stopped or lost their connection
+        assert re.search(r"node 1\b.*\brank 2\b.*failed", node.output), describe(nodes)
+    if kind == "raise":
+        assert "RuntimeError: injected failure on purpose" in nodes[1].output, describe(nodes)
+
+
+@pytest.mark.scale
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("lost", [1, 0], ids=["node1-lost", "node0-lost"])
+def test_a_killed_node_stops_the_other(helpers: Any, job_dir: Path, lost: int) -> None:
+    """One node's ``fabric run`` and its processes are SIGKILLed mid-training (a machine lost; node 0 also hosts the
+    rendezvous): the other node ends within seconds, non-zero, and says which node was lost."""
+    nodes = start_nodes(helpers, job_dir, *script_args(job_dir, "--steps", "200", "--step-delay", "0.05"))
+    deadline = time.monotonic() + 150
+    ranks: dict[int, tuple[int, str]] = {}
+    while len(ranks) < WORLD and time.monotonic() < deadline and all(n.process.poll() is None for n in nodes):
+        time.sleep(0.1)
+        ranks = helpers.recorded_ranks(job_dir / "pids")
+    assert len(ranks) == WORLD, describe(nodes)
+    time.sleep(2.0)  # a few steps into training
+    killed = time.time()
+    node_of = {pid: rank // DEVICES for pid, (rank, _) in ranks.items()}
+    for pid in [nodes[lost].process.pid, *(pid for pid, node in node_of.items() if node == lost)]:
+        os.kill(pid, signal.SIGKILL)
+    wait_nodes(helpers, nodes, job_dir, timeout=120)
+    assert nodes[lost].returncode == -signal.SIGKILL
+    survivor = nodes[1 - lost]
+    assert survivor.returncode not in (0, None), describe(nodes)
+    assert survivor.ended is not None
+    assert survivor.ended <= killed + STOP_WITHIN, (
+        f"node {survivor.rank} ended {survivor.ended - killed:.1f}s after node {lost} was killed\n{describe(nodes)}"
+    )
+    assert re.search(rf"node {lost}\b.*\blost\b", survivor.output), describe(nodes)
