@@ -129,8 +129,10 @@ def reference_weights(records: list[dict[str, Any]], steps: int) -> dict[str, to
     model = script.make_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     dataset = script.IndexedDataset()
-    for step in range(steps):
-        indices = torch.tensor([i for record in records for i in record["batches"][step]])
+    batches = records[0]["global_batches"]
+    assert len(batches) == steps
+    assert all(record["global_batches"] == batches for record in records)
+    for indices in map(torch.tensor, batches):
         loss = torch.nn.functional.mse_loss(model(dataset.x[indices]), dataset.y[indices])
         optimizer.zero_grad()
         loss.backward()
@@ -244,3 +246,40 @@ def test_a_killed_node_stops_the_other(helpers: Any, job_dir: Path, lost: int) -
         f"node {survivor.rank} ended {survivor.ended - killed:.1f}s after node {lost} was killed\n{describe(nodes)}"
     )
     assert re.search(rf"node {lost}\b.*\blost\b", survivor.output), describe(nodes)
+
+
+@pytest.mark.scale
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("layout", ["2x2", "1x4"])
+def test_max_restarts_survives_a_killed_process_and_resumes(helpers: Any, job_dir: Path, layout: str) -> None:
+    """World 4 through torch's elastic rendezvous with ``--max-restarts 1``: global rank 2 is SIGKILLed at step 3 of
+    the first attempt (a checkpoint was saved at step 2). Every process restarts, the new attempt resumes from step 2
+    and finishes with the weights of one process training on the same 6 global batches."""
+    steps = 6
+    args = script_args(job_dir, "--steps", str(steps), "--ckpt", "ckpt.pt", "--save-every", "2", "--resume")
+    args += ["--fail", "2:3:sigkill", "--fail-once"]
+    if layout == "2x2":
+        nodes = start_nodes(helpers, job_dir, *args, max_restarts=1)
+        wait_nodes(helpers, nodes, job_dir, timeout=280)
+        assert [node.returncode for node in nodes] == [0, 0], describe(nodes)
+        output = "".join(node.output for node in nodes)
+    else:
+        options = ["--accelerator", "cpu", "--strategy", "ddp", "--devices", str(WORLD), "--max-restarts", "1"]
+        command = [sys.executable, "-m", "fabric_core.cli", "run", *options, "--", str(SCRIPT), *args]
+        result = helpers.run_command(command, job_dir, timeout=280, pid_dir=job_dir / "pids", settle=10)
+        assert result.returncode == 0, result.describe()
+        assert not result.leftovers, result.describe()
+        output = result.output
+    assert (job_dir / "pids" / "fail-time").exists(), output  # the first attempt really lost a process
+    started = sorted(rank for rank, _ in helpers.recorded_ranks(job_dir / "pids").values())
+    assert started == sorted([*range(WORLD), *range(WORLD)]), started  # two attempts of 4 processes
+    assert "resumed from step 2" in output, output
+    records = read_records(job_dir)
+    assert [record["first_step"] for record in records] == [2] * WORLD
+    # the agent of the killed process used its restart; on two nodes, the other agent restarted its processes because
+    # a node rejoined the rendezvous, which torch does not count as a restart
+    assert records[2]["restart_count"] == 1
+    expected = reference_weights(records, steps)
+    for record in records:
+        for name, value in expected.items():
+            torch.testing.assert_close(torch.tensor(record["weights"][name]), value, atol=1e-6, rtol=0, msg=name)

@@ -5,8 +5,8 @@ Every process builds ``Fabric()`` from the ``FABRIC_*`` variables that ``fabric 
 - records its ranks (global, local, node, world size) and the ``GROUP_RANK`` torchrun gave its node;
 - runs the collectives: ``all_reduce`` (sum of ranks), ``all_gather`` (every rank), ``broadcast`` from the last rank;
 - trains ``--steps`` SGD steps of a tiny model with DDP on a shuffled, index-labelled dataset through
-  ``setup_dataloaders`` (so the test can rebuild each step's global batch from the indices every rank saw and check
-  the weights against one process training on those batches);
+  ``setup_dataloaders``, recording the indices of each epoch's samples it saw and of every step's global batch (so the
+  test can check the weights against one process training on those batches);
 - saves a checkpoint with ``fabric.save``, loads it into a new model and optimizer, and records whether the loaded
   weights equal the trained ones;
 - can fail on purpose: ``--fail RANK:STEP:raise|sigkill`` after the forward pass of that step (``--fail-once``: only
@@ -111,13 +111,15 @@ def train(fabric: Fabric, args: argparse.Namespace, record: dict[str, Any]) -> N
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     model, optimizer = fabric.setup(model, optimizer)
     loader = fabric.setup_dataloaders(DataLoader(IndexedDataset(), batch_size=BATCH_SIZE, shuffle=True))
-    state: dict[str, Any] = {"model": model, "optimizer": optimizer, "loader": loader, "step": 0}
+    # the sample indices of every step's global batch (all ranks'), checkpointed too: a resumed run knows those of the
+    # steps before the resume
+    state: dict[str, Any] = {"model": model, "optimizer": optimizer, "loader": loader, "step": 0, "global_batches": []}
     if args.resume and args.ckpt is not None and os.path.exists(args.ckpt):
         fabric.load(args.ckpt, state)
         fabric.print(f"resumed from step {state['step']}", flush=True)
     record["first_step"] = state["step"]
     step = state["step"]
-    batches: list[list[int]] = []
+    global_batches: list[list[int]] = state["global_batches"]
     epochs: list[list[int]] = []
     while step < args.steps:
         epoch: list[int] = []
@@ -128,7 +130,7 @@ def train(fabric: Fabric, args: argparse.Namespace, record: dict[str, Any]) -> N
             fabric.backward(loss)
             optimizer.step()
             step += 1
-            batches.append(index.tolist())
+            global_batches.append(fabric.all_gather(index).flatten().tolist())
             epoch += index.tolist()
             if args.save_every and step % args.save_every == 0:
                 state["step"] = step
@@ -137,7 +139,7 @@ def train(fabric: Fabric, args: argparse.Namespace, record: dict[str, Any]) -> N
             if step >= args.steps:
                 break
         epochs.append(epoch)
-    record["batches"] = batches
+    record["global_batches"] = global_batches
     record["epochs"] = epochs
     record["weights"] = {name: value.tolist() for name, value in model.state_dict().items()}
     if args.ckpt is not None:
