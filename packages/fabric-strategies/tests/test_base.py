@@ -148,10 +148,13 @@ def test_init_contexts_use_the_device_and_the_precision_and_can_skip_initialisat
 def test_single_process_collectives_answer_locally_and_validate():
     strategy = SingleDeviceStrategy()
     tensor = torch.tensor([1.0, 2.0])
-    assert strategy.all_reduce(tensor, reduce_op="sum") is tensor
+    reduced = strategy.all_reduce(tensor, reduce_op="sum")
+    assert torch.equal(reduced, tensor)
+    assert reduced is not tensor  # a new tensor, as with several processes
+    assert strategy.all_reduce(torch.tensor([1, 2]), reduce_op="mean").dtype == torch.float64
     with pytest.raises(ValueError, match=r"'median'"):
         strategy.all_reduce(tensor, reduce_op="median")
-    assert strategy.all_gather(tensor).shape == (1, 2)
+    assert strategy.all_gather(tensor) is tensor
     assert strategy.broadcast({"a": 1}) == {"a": 1}
     with pytest.raises(ValueError, match=r"src=1"):
         strategy.broadcast(1, src=1)

@@ -36,10 +36,10 @@ def test_dp_is_one_process_driving_every_device():
     assert strategy.distributed_sampler_kwargs is None
     assert strategy.launcher is None
     tensor = torch.tensor([1.0, 3.0])
-    assert strategy.all_reduce(tensor) is tensor
+    assert torch.equal(strategy.all_reduce(tensor), tensor)
     with pytest.raises(ValueError, match=r"'median'"):
         strategy.all_reduce(tensor, reduce_op="median")
-    assert strategy.all_gather(tensor).shape == (1, 2)
+    assert strategy.all_gather(tensor) is tensor
     assert strategy.broadcast("x") == "x"
     assert strategy.reduce_boolean_decision(True)
     strategy.barrier()

@@ -19,6 +19,7 @@ from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO, TorchCheckpointIO
 from fabric_precision import Precision, precision_plugin
 from fabric_strategies.checkpoint import StateFilter, loading, restore_state, to_checkpoint
+from fabric_strategies.collectives.functional import local_reduce
 from fabric_strategies.init_context import SkipParameterInit
 from fabric_strategies.launchers.base import Launcher
 from fabric_utils import PathLike, check_clip_threshold, check_norm_type, check_reduce_op, move_data_to_device
@@ -267,11 +268,13 @@ class Strategy(ABC):
     # -- collectives (one process: local answers, arguments still validated) --------------------------------------
     def all_reduce(self, tensor: Tensor | float, group: Any | None = None, reduce_op: Any = "mean") -> Tensor:
         check_reduce_op(reduce_op)
-        return tensor if isinstance(tensor, Tensor) else torch.tensor(tensor, device=self.root_device)
+        return local_reduce(
+            tensor if isinstance(tensor, Tensor) else torch.tensor(tensor, device=self.root_device), reduce_op
+        )
 
     def all_gather(self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False) -> Tensor | list[Tensor]:
-        """The tensor of every process stacked along a new first dimension (of size 1 here)."""
-        return tensor.unsqueeze(0)
+        """The tensor of every process stacked along a new first dimension; with one process, ``tensor`` itself."""
+        return tensor
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         if src != 0:

@@ -21,22 +21,40 @@ def distributed_ready() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def group_size(group: Any | None = None) -> int:
+    """How many processes take part in a collective over ``group``: 1 when no process group is set up."""
+    return dist.get_world_size(group) if distributed_ready() else 1
+
+
+def _mean_dtype(tensor: Tensor) -> Tensor:
+    # the mean of integers is not an integer: int64 becomes float64 (exact up to 2**53), smaller ints float32
+    if tensor.is_floating_point() or tensor.is_complex():
+        return tensor
+    return tensor.double() if tensor.dtype == torch.int64 else tensor.float()
+
+
+def local_reduce(tensor: Tensor, reduce_op: Any = "mean") -> Tensor:
+    """What ``all_reduce_tensor`` returns when one process takes part: a copy of ``tensor`` of the same shape, and
+    the same dtype as with several processes (the mean of integers is floating point)."""
+    result = tensor.detach().clone()
+    return _mean_dtype(result) if check_reduce_op(reduce_op) == "mean" else result
+
+
 def all_reduce_tensor(tensor: Tensor, group: Any | None = None, reduce_op: Any = "mean") -> Tensor:
     """Reduce ``tensor`` over ``group`` and return the result; ``tensor`` itself is left unchanged.
 
     ``reduce_op`` is a name (``mean``/``avg``, ``sum``, ``min``, ``max``, ``product``) or a ``ReduceOp``; "mean" of
-    integer tensors comes back as floating point.
+    integer tensors comes back as floating point, with one process too.
     """
+    if group_size(group) == 1:
+        return local_reduce(tensor, reduce_op)
     name = check_reduce_op(reduce_op)
     result = tensor.detach().clone()
-    if not distributed_ready():
-        return result.float() if name == "mean" and not result.is_floating_point() else result
     if not isinstance(reduce_op, str):
         dist.all_reduce(result, op=reduce_op, group=group)
         return result
     if name == "mean":
-        if not result.is_floating_point() and not result.is_complex():
-            result = result.double() if result.dtype == torch.int64 else result.float()
+        result = _mean_dtype(result)
         dist.all_reduce(result, op=dist.ReduceOp.SUM, group=group)
         return result.div_(dist.get_world_size(group))
     dist.all_reduce(result, op=getattr(dist.ReduceOp, _REDUCE_OPS[name]), group=group)
@@ -110,9 +128,12 @@ def gather_all_tensors(tensor: Tensor, group: Any | None = None, sync_grads: boo
 
 
 def all_gather_tensor(tensor: Tensor, group: Any | None = None, sync_grads: bool = False) -> Tensor | list[Tensor]:
-    """Stack every rank's ``tensor`` along a new first dimension; when shapes differ, return the list instead."""
-    if not distributed_ready():
-        return tensor.unsqueeze(0)
+    """Stack every rank's ``tensor`` along a new first dimension; when shapes differ, return the list instead.
+
+    With one process taking part, ``tensor`` comes back as it is: no dimension of size 1 is added.
+    """
+    if group_size(group) == 1:
+        return tensor
     gathered = gather_all_tensors(tensor, group, sync_grads)
     if all(t.shape == gathered[0].shape for t in gathered):
         return torch.stack(gathered)

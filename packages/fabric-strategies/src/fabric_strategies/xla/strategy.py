@@ -17,6 +17,7 @@ from fabric_environments import ClusterEnvironment, XLAEnvironment
 from fabric_io import CheckpointIO, XLACheckpointIO
 from fabric_precision import Precision, XLAPrecision
 from fabric_strategies.checkpoint import StateFilter
+from fabric_strategies.collectives.functional import local_reduce
 from fabric_strategies.launchers.base import Launcher
 from fabric_strategies.parallel import ParallelStrategy
 from fabric_strategies.xla import runtime
@@ -192,13 +193,13 @@ class XLAStrategy(ParallelStrategy):
         if not isinstance(tensor, Tensor):
             tensor = torch.tensor(tensor, device=self.root_device)
         if self.world_size == 1:
-            return tensor
+            return local_reduce(tensor, reduce_op)
         return runtime.all_reduce(tensor.to(self.root_device), reduce_op, self.world_size, group)
 
     @override
     def all_gather(self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False) -> Tensor | list[Tensor]:
         if self.world_size == 1:
-            return tensor.unsqueeze(0)
+            return tensor
         original = tensor.device
         gathered = runtime.all_gather(tensor.to(self.root_device), self.world_size, sync_grads=sync_grads, groups=group)
         if isinstance(gathered, list):
