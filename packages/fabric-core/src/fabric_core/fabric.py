@@ -21,6 +21,7 @@ from fabric_core.callbacks import HookCaller, collect_callbacks
 from fabric_core.connector import AcceleratorFlag, Plugin, StrategyFlag, build, is_interactive, resolve_plan
 from fabric_core.data import add_worker_seeding, global_seed, inject_distributed_sampler
 from fabric_core.loader import FabricDataLoader
+from fabric_core.preemption import Preemption, SignalLike
 from fabric_core.validation import (
     ReplacedParameters,
     check_bool,
@@ -90,6 +91,7 @@ class Fabric:
         self._backward_module: nn.Module | None = None
         self._set_up: weakref.WeakSet[Any] = weakref.WeakSet()
         self._replaced = ReplacedParameters()
+        self._preemption = Preemption()
         if type(self).run is not Fabric.run:
             # calling `fabric.run(...)` launches the processes and runs the subclass's `run` in each of them
             self.run = functools.partial(self.launch, type(self).run)  # type: ignore[method-assign]
@@ -137,6 +139,16 @@ class Fabric:
         """The first logger (the main one), or None without loggers."""
         return self._loggers[0] if self._loggers else None
 
+    @property
+    def preempted(self) -> bool:
+        """True in every process once any got a preemption signal: save and stop. A collective (see launching.md)."""
+        self._ensure_launched()
+        return self._preemption.check(self._strategy)
+
+    def watch_preemption(self, *signals: SignalLike, check_every: int = 1) -> None:
+        """Let :attr:`preempted` see ``signals`` too (e.g. "SIGTERM"); agree every ``check_every``-th read."""
+        self._preemption.request(signals, check_every, install=self._environment_ready)
+
     # -- launching -----------------------------------------------------------------------------------------------
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Override in a subclass; calling ``fabric.run(...)`` then launches the processes and runs it in each."""
@@ -179,6 +191,7 @@ class Fabric:
         self._strategy.setup_environment()
         self._environment_ready = True
         rank_zero_only.rank = self.global_rank
+        self._preemption.start(self._cluster_environment.preemption_signals())  # e.g. Slurm's SIGUSR1
         # finish pending work (e.g. an asynchronous checkpoint save) and leave the process group cleanly at exit
         atexit.register(_teardown_at_exit, weakref.ref(self._strategy))
 

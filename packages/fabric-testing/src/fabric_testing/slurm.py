@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +64,7 @@ AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=2
 SlurmdParameters=config_overrides
 MpiDefault=none
 ReturnToService=2
@@ -99,9 +100,16 @@ class SlurmCluster:
             pytest.fail(f"`{' '.join(args)}` exited with {done.returncode}: {done.stderr.strip()}\n{self.logs()}")
         return done.stdout
 
-    def submit(self, script: str | os.PathLike[str], *options: str, env: Mapping[str, str] | None = None) -> int:
-        """``sbatch`` a job file (``options`` come before it); returns the job id."""
-        return int(self.command("sbatch", "--parsable", *options, str(script), env=env).strip().split(";")[0])
+    def submit(
+        self,
+        script: str | os.PathLike[str],
+        *options: str,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> int:
+        """``sbatch [options] script [args]``: submit a job file; return the job id."""
+        output = self.command("sbatch", "--parsable", *options, str(script), *args, env=env)
+        return int(output.strip().split(";")[0])
 
     def job(self, job_id: int) -> dict[str, str]:
         """``scontrol show job``'s fields of a job (``JobState``, ``RestartCnt``, ``ExitCode``, ...)."""
@@ -163,9 +171,9 @@ def start_slurm_cluster(directory: str | os.PathLike[str], *, cpus: int = 8) -> 
     """Start munged, slurmctld and slurmd with a configuration in ``directory``; stop them after the block.
 
     The node offers ``cpus`` CPUs whatever the machine has (``SlurmdParameters=config_overrides``), so that several
-    tasks fit on a small machine. ``AuthInfo=cred_expire=10`` lets a requeued job start again after about 26 s
-    (Slurm's default waits 120 s). Skips the test, with the reason, where no cluster can start (see
-    :func:`missing_slurm`).
+    tasks fit on a small machine. ``AuthInfo=cred_expire=10`` and a scheduler pass every 2 s let a requeued job
+    start again about 12 s after the requeue (Slurm's defaults wait 2 minutes or more). Skips the test, with the
+    reason, where no cluster can start (see :func:`missing_slurm`).
     """
     reason = missing_slurm()
     if reason is not None:
@@ -187,8 +195,8 @@ def start_slurm_cluster(directory: str | os.PathLike[str], *, cpus: int = 8) -> 
         "ctld_port": find_free_port(),
         "slurmd_port": find_free_port(),
         "partition": PARTITION,
+        "first_job_id": _first_job_id(),
     }
-    values["first_job_id"] = _first_job_id()
     (root / "slurm.conf").write_text(_CONFIG.format(**values))
     # cgroup.conf is read by slurmd even without cgroup plugins; an empty one stops it looking in /etc/slurm
     (root / "cgroup.conf").write_text("")
@@ -269,9 +277,9 @@ def _node_is_idle(cluster: SlurmCluster) -> bool:
     return done.returncode == 0 and done.stdout.strip() == "idle"
 
 
-def _wait_for(condition: object, what: str, cluster: SlurmCluster, timeout: float = 30) -> None:
+def _wait_for(condition: Callable[[], bool], what: str, cluster: SlurmCluster, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if time.monotonic() > deadline:
             pytest.fail(f"Timed out after {timeout}s waiting for {what}\n{cluster.logs()}")
         time.sleep(0.1)
