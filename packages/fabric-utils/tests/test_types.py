@@ -124,3 +124,13 @@ def test_optimizers_are_optimizable_and_steppable() -> None:
     assert isinstance(scheduler, Steppable)
     assert not isinstance(Counter(), Steppable)
     assert not isinstance(scheduler, Optimizable)
+
+
+def test_lightning_collective_types_are_importable_from_fabric_utils() -> None:
+    import torch.distributed as dist
+
+    from fabric_utils import CollectibleGroup, RedOpType, ReduceOp
+
+    assert ReduceOp is dist.ReduceOp
+    assert isinstance(dist.ReduceOp.SUM, RedOpType)
+    assert not isinstance(object(), CollectibleGroup)

@@ -106,3 +106,25 @@ def test_every_primitive_between_two_processes():
     assert (rank0["recv"], rank1["recv"]) == ([43.0], [42.0])
     assert rank1["subgroup"] == (1, [3.0])
     assert "subgroup" not in rank0
+
+
+def _object_primitives(rank: int, world_size: int) -> dict[str, object]:
+    collective = TorchCollective().setup(backend="gloo", timeout=timedelta(seconds=30))  # env:// rendezvous
+    out: dict[str, object] = {}
+    out["broadcast_object_list"] = collective.broadcast_object_list([f"a{rank}", {"b": rank}], src=1)
+    slots = [None] * world_size if rank == 2 else None
+    out["gather_object"] = collective.gather_object({"rank": rank}, slots, dst=2)
+    received: list[object] = [None]
+    chunks = [{"chunk": r} for r in range(world_size)] if rank == 0 else None
+    out["scatter_object_list"] = collective.scatter_object_list(received, chunks, src=0)
+    collective.monitored_barrier(timeout=timedelta(seconds=20), wait_all_ranks=True)
+    collective.teardown()
+    return out
+
+
+def test_object_collectives_between_three_processes():
+    results = run_processes(_object_primitives, world_size=3, init_process_group=False)
+    for rank, out in enumerate(results):
+        assert out["broadcast_object_list"] == ["a1", {"b": 1}]
+        assert out["scatter_object_list"] == [{"chunk": rank}]
+        assert out["gather_object"] == ([{"rank": 0}, {"rank": 1}, {"rank": 2}] if rank == 2 else None)

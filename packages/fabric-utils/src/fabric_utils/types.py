@@ -9,6 +9,15 @@ from typing import Any, Literal, Protocol, Union, runtime_checkable
 
 import torch
 
+if torch.distributed.is_available():
+    from torch.distributed import ReduceOp
+
+    RedOpType: Any = ReduceOp.RedOpType
+    """The type of ``torch.distributed.ReduceOp``'s members (``ReduceOp.SUM``, ...)."""
+else:  # a torch build without distributed support: nothing can be an instance of these
+    ReduceOp = type("ReduceOp", (), {})  # type: ignore[assignment,misc]
+    RedOpType = type("RedOpType", (), {})
+
 PathLike = Union[str, Path]
 ReduceOpName = Literal["mean", "avg", "sum", "min", "max", "product"]
 REDUCE_OP_NAMES: tuple[str, ...] = ("mean", "avg", "sum", "min", "max", "product")
@@ -22,9 +31,7 @@ def _reduce_op_name(reduce_op: object) -> str | None:
     """The lowercase name of a ``torch.distributed.ReduceOp`` (or one of its members), else ``None``."""
     if not torch.distributed.is_available():
         return None
-    from torch.distributed import ReduceOp
-
-    if isinstance(reduce_op, ReduceOp.RedOpType):
+    if isinstance(reduce_op, RedOpType):
         return reduce_op.name.lower()
     if isinstance(reduce_op, ReduceOp) and not isinstance(reduce_op, type):
         op = getattr(reduce_op, "op", None)
@@ -53,6 +60,15 @@ def check_reduce_op(reduce_op: object) -> str:
         f"Unknown reduce_op {reduce_op!r}. Choose one of: {', '.join(REDUCE_OP_NAMES)} (case-insensitive),"
         " or a torch.distributed.ReduceOp"
     )
+
+
+@runtime_checkable
+class CollectibleGroup(Protocol):
+    """A group of processes that collectives run in: ``torch.distributed.ProcessGroup`` (from ``new_group``) is one."""
+
+    def size(self) -> int: ...
+
+    def rank(self) -> int: ...
 
 
 @runtime_checkable

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from datetime import timedelta
 from typing import Any
 
+import torch
 from torch import Tensor
 from typing_extensions import Self
 
@@ -91,6 +93,24 @@ class Collective(ABC):
 
     @abstractmethod
     def barrier(self, device_ids: list[int] | None = None) -> None: ...
+
+    @abstractmethod
+    def monitored_barrier(self, timeout: timedelta | None = None, wait_all_ranks: bool = False) -> None:
+        """A barrier that names the ranks that did not arrive within ``timeout`` (gloo only in torch)."""
+
+    @abstractmethod
+    def broadcast_object_list(self, object_list: list[Any], src: int, device: torch.device | None = None) -> list[Any]:
+        """Fill ``object_list`` on every rank with rank ``src``'s list (same length everywhere) and return it."""
+
+    @abstractmethod
+    def gather_object(self, obj: Any, object_gather_list: list[Any] | None = None, dst: int = 0) -> list[Any] | None:
+        """Every rank's ``obj`` into ``object_gather_list`` (one slot per rank) on rank ``dst``; ``None`` elsewhere."""
+
+    @abstractmethod
+    def scatter_object_list(
+        self, scatter_object_output_list: list[Any], scatter_object_input_list: list[Any] | None, src: int = 0
+    ) -> list[Any]:
+        """Rank ``src``'s ``scatter_object_input_list[r]`` into ``scatter_object_output_list[0]`` on each rank ``r``."""
 
     @abstractmethod
     def all_gather_object(self, obj: Any) -> list[Any]:

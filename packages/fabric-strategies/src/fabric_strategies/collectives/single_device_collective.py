@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+import torch
 from torch import Tensor
 from typing_extensions import Self, override
 
@@ -16,11 +18,11 @@ def _check_rank(rank: int | None, role: str) -> None:
         raise ValueError(f"{role}={rank!r} does not exist: a single-device collective has only rank 0")
 
 
-def _check_list(tensors: list[Tensor] | None, name: str) -> list[Tensor]:
-    if tensors is None or len(tensors) != 1:
-        got = None if tensors is None else f"{len(tensors)} tensors"
-        raise ValueError(f"`{name}` must hold exactly one tensor (world size 1), got {got}")
-    return tensors
+def _check_list(items: list[Any] | None, name: str, what: str = "tensor") -> list[Any]:
+    if items is None or len(items) != 1:
+        got = None if items is None else f"{len(items)} {what}s"
+        raise ValueError(f"`{name}` must hold exactly one {what} (world size 1), got {got}")
+    return items
 
 
 class SingleDeviceCollective(Collective):
@@ -116,6 +118,31 @@ class SingleDeviceCollective(Collective):
     @override
     def barrier(self, device_ids: list[int] | None = None) -> None:
         return None
+
+    @override
+    def monitored_barrier(self, timeout: timedelta | None = None, wait_all_ranks: bool = False) -> None:
+        return None
+
+    @override
+    def broadcast_object_list(self, object_list: list[Any], src: int, device: torch.device | None = None) -> list[Any]:
+        _check_rank(src, "src")
+        return object_list
+
+    @override
+    def gather_object(self, obj: Any, object_gather_list: list[Any] | None = None, dst: int = 0) -> list[Any] | None:
+        _check_rank(dst, "dst")
+        _check_list(object_gather_list, "object_gather_list", "slot")[0] = obj
+        return object_gather_list
+
+    @override
+    def scatter_object_list(
+        self, scatter_object_output_list: list[Any], scatter_object_input_list: list[Any] | None, src: int = 0
+    ) -> list[Any]:
+        _check_rank(src, "src")
+        if not scatter_object_output_list:
+            raise ValueError("`scatter_object_output_list` must hold at least one slot for the received object")
+        scatter_object_output_list[0] = _check_list(scatter_object_input_list, "scatter_object_input_list", "object")[0]
+        return scatter_object_output_list
 
     @override
     def all_gather_object(self, obj: Any) -> list[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch import Tensor
 from typing_extensions import Self, override
@@ -177,6 +178,27 @@ class TorchCollective(Collective):
             dist.barrier(group=self._group)
         else:
             dist.barrier(group=self._group, device_ids=device_ids)
+
+    @override
+    def monitored_barrier(self, timeout: timedelta | None = None, wait_all_ranks: bool = False) -> None:
+        dist.monitored_barrier(group=self._group, timeout=timeout, wait_all_ranks=wait_all_ranks)
+
+    @override
+    def broadcast_object_list(self, object_list: list[Any], src: int, device: torch.device | None = None) -> list[Any]:
+        dist.broadcast_object_list(object_list, src, group=self._group, device=device)
+        return object_list
+
+    @override
+    def gather_object(self, obj: Any, object_gather_list: list[Any] | None = None, dst: int = 0) -> list[Any] | None:
+        dist.gather_object(obj, object_gather_list, dst, group=self._group)
+        return object_gather_list
+
+    @override
+    def scatter_object_list(
+        self, scatter_object_output_list: list[Any], scatter_object_input_list: list[Any] | None, src: int = 0
+    ) -> list[Any]:
+        dist.scatter_object_list(scatter_object_output_list, scatter_object_input_list, src, group=self._group)
+        return scatter_object_output_list
 
     @override
     def all_gather_object(self, obj: Any) -> list[Any]:
