@@ -11,7 +11,8 @@ from fabric_testing import SlurmCluster, start_slurm_cluster
 
 
 def test_the_cluster_runs_tasks_and_its_node_offers_the_cpus_asked(tmp_path: Path) -> None:
-    with start_slurm_cluster(tmp_path / "cluster", cpus=4) as cluster:
+    deep = tmp_path.joinpath(*["a-folder-deep-enough-that-a-socket-path-in-it-is-too-long"] * 2, "cluster")
+    with start_slurm_cluster(deep, cpus=4) as cluster:
         assert cluster.command("sinfo", "--noheader", "--format=%N %T %c").split() == [cluster.node, "idle", "4"]
         out = cluster.command("srun", "--ntasks=4", "--label", sys.executable, "-c", "import os; print(os.getpid())")
         assert sorted(line.split(":")[0] for line in out.splitlines()) == ["0", "1", "2", "3"]
@@ -20,9 +21,11 @@ def test_the_cluster_runs_tasks_and_its_node_offers_the_cpus_asked(tmp_path: Pat
         job_id = cluster.submit(job, f"--output={tmp_path}/job.out")
         assert cluster.wait(job_id, states=("RUNNING",), timeout=60)["JobState"] == "RUNNING"
         daemons = [int(p.read_text()) for p in cluster.root.glob("*.pid")]
+        sockets = Path(cluster.config.read_text().split("AuthInfo=socket=")[1].split(",")[0]).parent
         assert len(daemons) == 2  # slurmctld and slurmd (munged's pid file is in munge/)
     for pid in daemons:
         assert not os.path.exists(f"/proc/{pid}")
+    assert not sockets.exists()
     # the running job was cancelled before the daemons stopped: its sleep is gone too
     found = subprocess.run(["pgrep", "-f", "^sleep 599.5$"], capture_output=True, text=True, check=False)
     assert found.stdout.strip() == ""

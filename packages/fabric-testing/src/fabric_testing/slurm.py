@@ -1,6 +1,7 @@
 """A real Slurm cluster on this host for tests: munged, slurmctld and slurmd started from a generated configuration.
 
-Everything (configuration, key, state, spool, logs, sockets) lives in one directory; the daemons run in the foreground
+Configuration, key, state and logs live in one directory (the sockets in a short folder under /tmp: a Unix socket's
+path may not exceed 107 bytes, and nox's temporary folders are deep); the daemons run in the foreground
 as children of the test process, on free ports, and are stopped when the block ends. Needs root and Debian's
 ``slurm-wlm`` and ``munge`` packages (``apt-get install slurm-wlm munge``; the fabric-environments and integration
 nox sessions install them); elsewhere the test is skipped with the reason.
@@ -14,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -50,7 +52,7 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket},cred_expire=10
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={sockets}/spool
 SlurmctldPidFile={root}/slurmctld.pid
 SlurmdPidFile={root}/slurmd.pid
 SlurmctldLogFile={root}/slurmctld.log
@@ -179,19 +181,22 @@ def start_slurm_cluster(directory: str | os.PathLike[str], *, cpus: int = 8) -> 
     if reason is not None:
         pytest.skip(reason)
     root = Path(directory).resolve()
-    for sub in ("state", "spool", "munge"):
+    for sub in ("state", "munge"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(root / "munge", 0o700)
     key = root / "munge" / "munge.key"
     key.write_bytes(os.urandom(1024))
     os.chmod(key, 0o400)
-    munge_socket = root / "munge" / "munge.socket"
+    sockets = Path(tempfile.mkdtemp(prefix="fabric-slurm-", dir="/tmp"))  # slurmd's step sockets are in its spool
+    (sockets / "spool").mkdir()
+    munge_socket = sockets / "munge.socket"
     node = _node_name()
     values = {
         "root": root,
         "node": node,
         "cpus": cpus,
         "munge_socket": munge_socket,
+        "sockets": sockets,
         "ctld_port": find_free_port(),
         "slurmd_port": find_free_port(),
         "partition": PARTITION,
@@ -206,6 +211,7 @@ def start_slurm_cluster(directory: str | os.PathLike[str], *, cpus: int = 8) -> 
     env["PATH"] = _search_path()
     cluster = SlurmCluster(root=root, node=node, cpus=cpus, env=env)
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, sockets, ignore_errors=True)
         munged = [
             "munged",
             "--foreground",
