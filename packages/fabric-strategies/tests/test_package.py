@@ -35,6 +35,7 @@ EXPECTED = {
     "default_process_group_backend",
     "destroy_process_group_cleanly",
     "gather_all_tensors",
+    "is_shared_filesystem",
     "release_ddp_wrapper",
     "resolve_strategy_name",
     "unwrap_module",

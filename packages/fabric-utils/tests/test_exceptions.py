@@ -10,6 +10,7 @@ from fabric_utils import (
     MissingDependencyError,
     PossibleUserWarning,
     UnknownNameError,
+    disable_possible_user_warnings,
 )
 
 
@@ -31,3 +32,19 @@ def test_warning_categories_can_be_filtered_together() -> None:
         warnings.warn("hidden", PossibleUserWarning, stacklevel=1)
         warnings.warn("shown", UserWarning, stacklevel=1)
     assert [str(w.message) for w in record] == ["shown"]
+
+
+def test_disable_possible_user_warnings_everywhere_or_in_some_modules() -> None:
+    def shown_after(module: str) -> list[str]:
+        with warnings.catch_warnings(record=True) as record:  # restores the filters afterwards
+            warnings.simplefilter("always")
+            disable_possible_user_warnings(module)
+            for name in ("fabric_core.data", "my_script"):
+                warnings.warn_explicit("possible", PossibleUserWarning, "f.py", 1, module=name)
+            warnings.warn_explicit("other", UserWarning, "f.py", 1, module="fabric_core.data")
+        return [f"{w.message}" for w in record]
+
+    assert shown_after("") == ["other"]
+    assert shown_after("fabric_core") == ["possible", "other"]  # my_script's possible warning still shows
+    with pytest.raises(TypeError, match="got None"):
+        disable_possible_user_warnings(None)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from fabric_utils import (
     module_available,
     mps_available,
     override_hardware,
+    suggested_max_num_workers,
     xla_available,
     xla_device_count,
 )
@@ -125,3 +126,13 @@ def test_counting_cuda_devices_does_not_initialise_cuda_so_fork_stays_safe() -> 
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1.0"
+
+
+def test_suggested_max_num_workers_shares_the_cores_among_local_processes() -> None:
+    cores = cpu_count()
+    assert suggested_max_num_workers(1) == max(1, cores - 1)
+    assert suggested_max_num_workers(cores * 4) == 1  # never below one worker
+    with pytest.raises(ValueError, match=r"local_world_size must be >= 1.*got 0"):
+        suggested_max_num_workers(0)
+    with pytest.raises(TypeError, match=r"got '2'"):
+        suggested_max_num_workers("2")  # type: ignore[arg-type]

@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from fabric_utils import (
     capture_rng_state,
+    max_seed_value,
+    min_seed_value,
     rank_zero_only,
     reset_seed,
     restore_rng_state,
@@ -172,3 +174,10 @@ def test_seed_worker_gives_each_worker_and_rank_its_own_reproducible_stream(rest
     # the default rank comes from rank_zero_only.rank, which forked workers inherit
     rank_zero_only.rank = 1
     assert load_draws(5, seed_worker) == rank1
+
+
+def test_seed_bounds_are_public_and_enforced() -> None:
+    assert (min_seed_value, max_seed_value) == (0, 2**32 - 1)
+    assert seed_everything(max_seed_value) == max_seed_value
+    with pytest.raises(ValueError, match=rf"\[{min_seed_value}, {max_seed_value}\]"):
+        seed_everything(max_seed_value + 1)

@@ -23,6 +23,7 @@ from fabric_strategies.launchers import (
 from fabric_strategies.parallel import ParallelStrategy
 from fabric_strategies.process_group import DEFAULT_TIMEOUT, default_process_group_backend
 from fabric_strategies.registry import STRATEGY_REGISTRY, resolve_strategy_name
+from fabric_strategies.shared_filesystem import is_shared_filesystem
 from fabric_strategies.single_device import SingleDeviceStrategy
 from fabric_strategies.teardown import destroy_process_group_cleanly, release_ddp_wrapper
 
@@ -103,6 +104,7 @@ __all__ = [
     "default_process_group_backend",
     "destroy_process_group_cleanly",
     "gather_all_tensors",
+    "is_shared_filesystem",
     "read_sharded_checkpoint",
     "release_ddp_wrapper",
     "resolve_strategy_name",

@@ -14,6 +14,7 @@ from fabric_utils.exceptions import (
     MissingDependencyError,
     PossibleUserWarning,
     UnknownNameError,
+    disable_possible_user_warnings,
 )
 from fabric_utils.hardware import (
     cpu_count,
@@ -21,6 +22,7 @@ from fabric_utils.hardware import (
     cuda_device_count,
     mps_available,
     override_hardware,
+    suggested_max_num_workers,
     xla_available,
     xla_device_count,
 )
@@ -52,6 +54,8 @@ from fabric_utils.rank_zero import (
 from fabric_utils.registry import Registry, RegistryEntry
 from fabric_utils.seed import (
     capture_rng_state,
+    max_seed_value,
+    min_seed_value,
     reset_seed,
     restore_rng_state,
     seed_everything,
@@ -116,6 +120,9 @@ __all__ = [
     "cpu_count",
     "cuda_available",
     "cuda_device_count",
+    "disable_possible_user_warnings",
+    "max_seed_value",
+    "min_seed_value",
     "module_available",
     "move_data_to_device",
     "mps_available",
@@ -132,6 +139,7 @@ __all__ = [
     "restore_rng_state",
     "seed_everything",
     "seed_worker",
+    "suggested_max_num_workers",
     "worker_seed",
     "xla_available",
     "xla_device_count",

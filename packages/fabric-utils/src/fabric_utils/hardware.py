@@ -83,6 +83,16 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+def suggested_max_num_workers(local_world_size: int) -> int:
+    """A ``num_workers`` for each process's DataLoader that leaves the CPU cores to share among
+    ``local_world_size`` processes on this machine, keeping one core per process for its main loop (at least 1)."""
+    if isinstance(local_world_size, bool) or not isinstance(local_world_size, int):
+        raise TypeError(f"local_world_size must be an int >= 1, got {local_world_size!r}")
+    if local_world_size < 1:
+        raise ValueError(f"local_world_size must be >= 1 (the processes on this machine), got {local_world_size!r}")
+    return max(1, cpu_count() // local_world_size - 1)
+
+
 def _check_count(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise ValueError(f"override_hardware({name}=...) needs a non-negative int or None, got {value!r}")

@@ -16,7 +16,10 @@ from fabric_utils.rank_zero import rank_zero_info, rank_zero_only
 SEED_ENV = "FABRIC_GLOBAL_SEED"
 SEED_WORKERS_ENV = "FABRIC_SEED_WORKERS"
 
-_MAX_SEED = 2**32 - 1
+min_seed_value = 0
+"""The smallest seed that :func:`seed_everything` accepts."""
+max_seed_value = 2**32 - 1
+"""The largest seed that :func:`seed_everything` accepts (NumPy's legacy seeding takes 32 bits)."""
 
 
 def _check_seed(seed: object) -> int:
@@ -26,8 +29,8 @@ def _check_seed(seed: object) -> int:
         value = operator.index(seed)  # type: ignore[arg-type] # int and integer-like objects such as numpy integers
     except TypeError:
         raise TypeError(f"The seed must be an int, got {seed!r} of type {type(seed).__name__}") from None
-    if not 0 <= value <= _MAX_SEED:
-        raise ValueError(f"The seed {value} is out of range: choose one in [0, {_MAX_SEED}]")
+    if not min_seed_value <= value <= max_seed_value:
+        raise ValueError(f"The seed {value} is out of range: choose one in [{min_seed_value}, {max_seed_value}]")
     return value
 
 
@@ -38,7 +41,9 @@ def _seed_from_environment() -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{SEED_ENV}={value!r} is not an integer seed in [0, {_MAX_SEED}]") from None
+        raise ValueError(
+            f"{SEED_ENV}={value!r} is not an integer seed in [{min_seed_value}, {max_seed_value}]"
+        ) from None
 
 
 def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
@@ -92,7 +97,7 @@ def seed_worker(worker_id: int, rank: int | None = None) -> None:
     workers are spawned rather than forked (a spawned worker only sees the environment).
     """
     rank = rank_zero_only.rank if rank is None else rank
-    _seed_libraries(worker_seed(torch.initial_seed() % _MAX_SEED, worker_id, rank))
+    _seed_libraries(worker_seed(torch.initial_seed() % max_seed_value, worker_id, rank))
 
 
 def capture_rng_state() -> dict[str, Any]:
