@@ -21,6 +21,7 @@ _NO_OPT_OUT = (
 @click.argument("checkpoint_dir", metavar="CHECKPOINT_DIR")
 @click.option(
     "--output-file",
+    "--output_file",  # Lightning's spelling
     default=None,
     metavar="FILE",
     help="Where to write the file (default: CHECKPOINT_DIR.consolidated).",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import click
 
+from fabric_core import __version__
 from fabric_core.cli.consolidate import consolidate
 from fabric_core.cli.environment import env
 from fabric_core.cli.run import run
@@ -15,6 +16,7 @@ USAGE_ERROR = 2
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="fabric", message="%(prog)s %(version)s")
 def cli() -> None:
     """fabric: run, inspect and convert fabric training jobs."""
 

@@ -76,17 +76,22 @@ def _bad(param: str, message: str) -> click.BadParameter:
 @click.option("--accelerator", default=None, help="auto, cpu, cuda, gpu, mps, or any registered accelerator.")
 @click.option("--strategy", default=None, help="auto, ddp, fsdp, deepspeed, ... (any registered strategy).")
 @click.option("--devices", default=None, help='Devices per node: "auto", a count, -1 (all) or indices "0,1".')
-@click.option("--num-nodes", type=click.IntRange(min=1), default=None, help="Number of machines.")
+# each option also takes Lightning's spelling with underscores (--num_nodes, ...), so existing job files keep working
+@click.option("--num-nodes", "--num_nodes", type=click.IntRange(min=1), default=None, help="Number of machines.")
 @click.option(
     "--node-rank",
+    "--node_rank",
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="This machine's rank; node 0 hosts the rendezvous.",
 )
-@click.option("--main-address", default="127.0.0.1", show_default=True, help="Address of the node with rank 0.")
+@click.option(
+    "--main-address", "--main_address", default="127.0.0.1", show_default=True, help="Address of the node with rank 0."
+)
 @click.option(
     "--main-port",
+    "--main_port",
     type=click.IntRange(1, 65535),
     default=None,
     help=f"Port on the main node (default: a free port on one node, {DEFAULT_MULTI_NODE_PORT} on several).",
@@ -186,10 +191,21 @@ def _resolve(
         )
     except (ValueError, TypeError) as err:
         message = str(err)
-        param = next((name for name, value in names.items() if value is not None and str(value) in message), None)
+        param = _blamed_option(names, message)
         if param is None:
             raise click.UsageError(message) from None
         raise _bad(param, message) from None
+
+
+def _blamed_option(names: dict[str, str | None], message: str) -> str | None:
+    """The option whose value an error names: quoted as written (``'bf17'``) first, else anywhere in the message; when
+    several values appear, the option that the message also names by word ("precision"). ``None`` when none does."""
+    given = {name: str(value) for name, value in names.items() if value is not None}
+    found = [name for name, value in given.items() if repr(value) in message]
+    found = found or [name for name, value in given.items() if value in message]
+    named = [name for name in found if name.lstrip("-") in message.lower()]
+    candidates = named or found
+    return candidates[0] if candidates else None
 
 
 def _default_port(num_nodes: int) -> int:
