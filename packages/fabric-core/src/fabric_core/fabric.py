@@ -365,7 +365,7 @@ class Fabric:
 
     def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
         """Gather a tensor (or each tensor of a collection) from every process, stacked on a new first dimension;
-        a tensor whose shape differs across processes comes back as a list of each process's tensor."""
+        a tensor whose shape differs comes back as a list of each process's; with one process, no dimension is added."""
         check_bool("all_gather", sync_grads=sync_grads)
         self._ensure_launched()
         data = _numbers_to_tensors(data, self.device)
