@@ -387,3 +387,36 @@ def test_call_reaches_callbacks_with_the_arguments_they_accept() -> None:
     fabric.call("on_train_epoch_end", epoch=2, fabric=fabric)
     assert seen == [("narrow", 2), ("wide", {"epoch": 2, "fabric": fabric})]
     fabric.call("hook_nobody_has")
+
+
+class LightningStyleModule(TinyMLP):
+    """A module following the LightningModule protocol: a ``_fabric`` attribute that ``log`` and friends use."""
+
+    _fabric: Any = None
+
+    @property
+    def fabric(self) -> Any:
+        return self._fabric
+
+    @property
+    def logger(self) -> Any:
+        return self._fabric.logger if self._fabric is not None else None
+
+    def log(self, name: str, value: Any, step: int | None = None) -> None:
+        self._fabric.log(name, value, step=step)
+
+
+@pytest.mark.parametrize("method", ["setup", "setup_module"])
+def test_setup_gives_a_lightning_style_module_its_fabric(method: str) -> None:
+    recording = RecordingLogger()
+    fabric = Fabric(accelerator="cpu", loggers=recording)
+    module = LightningStyleModule()
+    wrapped = getattr(fabric, method)(module)
+    assert module.fabric is fabric
+    assert wrapped.fabric is fabric
+    assert module.logger is recording
+    wrapped.log("loss", 0.5, step=3)
+    assert recording.metrics == [({"loss": 0.5}, 3)]
+    plain = TinyMLP()
+    fabric.setup(plain)
+    assert not hasattr(plain, "_fabric")  # only modules that declare the attribute get it

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import os
 import reprlib
 import weakref
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -30,11 +29,11 @@ from fabric_core.validation import (
     check_loggers,
     check_optimizers_own_parameters,
     check_optional_bool,
+    check_path_first,
     check_setup_module,
     check_setup_optimizers,
 )
 from fabric_core.wrappers import FabricModule, FabricOptimizer, is_wrapped, unwrap
-from fabric_io import check_path
 from fabric_strategies import Strategy, SubprocessScriptLauncher
 from fabric_utils import (
     Logger,
@@ -282,6 +281,8 @@ class Fabric:
         self._set_up.add(original)
         self._models_setup += 1
         self._backward_module = module if self._models_setup == 1 else None
+        if hasattr(original, "_fabric"):  # LightningModule protocol: its self.log / self.fabric reach this Fabric
+            original._fabric = self
         return FabricModule(module, self._precision, original_module=original)
 
     def _wrap_optimizer(self, optimizer: Optimizer, given: Optimizer) -> FabricOptimizer:
@@ -410,7 +411,7 @@ class Fabric:
         self, path: PathLike, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None = None
     ) -> None:
         """Save ``state`` (modules, optimizers, stateful objects, plain data) to ``path`` through the strategy."""
-        _check_path_first("save", path, state, "state")
+        check_path_first("save", path, state, "state")
         if not isinstance(state, Mapping):
             raise TypeError(
                 "fabric.save(state=...) must be a dict of names to objects, e.g. {'model': model, 'optimizer':"
@@ -431,7 +432,7 @@ class Fabric:
     ) -> dict[str, Any]:
         """Restore the objects of ``state`` in place from ``path``; return what the checkpoint held that ``state``
         did not take (everything, when ``state`` is None)."""
-        _check_path_first("load", path, state, "state")
+        check_path_first("load", path, state, "state")
         if state is not None and not isinstance(state, dict):
             raise TypeError(f"fabric.load(state=...) must be a dict or None, got {type(state).__name__}")
         check_bool("load", strict=strict)
@@ -450,7 +451,7 @@ class Fabric:
         self, path: PathLike, obj: nn.Module | Optimizer, strict: bool = True, *, weights_only: bool | None = None
     ) -> None:
         """Load a file that holds the raw state dict of one module or optimizer (e.g. from plain ``torch.save``)."""
-        _check_path_first("load_raw", path, obj, "obj")
+        check_path_first("load_raw", path, obj, "obj")
         obj = unwrap(obj)
         if not isinstance(obj, (nn.Module, Optimizer)):
             raise TypeError(f"load_raw needs a module or an optimizer, got {type(obj).__name__}")
@@ -491,16 +492,6 @@ def _teardown_at_exit(strategy_ref: weakref.ref[Strategy]) -> None:
     strategy = strategy_ref()
     if strategy is not None:
         strategy.teardown()
-
-
-def _check_path_first(method: str, path: Any, second: Any, second_name: str) -> None:
-    """``path`` must be a checkpoint path; given after the state (swapped arguments), the error says the order."""
-    if not isinstance(path, (str, os.PathLike)) and isinstance(second, (str, os.PathLike)):
-        raise TypeError(
-            f"fabric.{method} takes the path first: fabric.{method}(path, {second_name}). Got a"
-            f" {type(path).__name__} as the path and {second!r} as the {second_name}."
-        )
-    check_path(path, caller=f"fabric.{method}(path=...)")
 
 
 def _unwrap_state(state: Mapping[str, Any]) -> dict[str, Any]:

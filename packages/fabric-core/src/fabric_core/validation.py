@@ -3,6 +3,7 @@ and what is accepted, before anything changes."""
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fabric_core.wrappers import is_wrapped
+from fabric_io import check_path
 from fabric_utils import Logger, check_clip_threshold, check_norm_type
 
 
@@ -157,3 +159,13 @@ class ReplacedParameters:
 def _held_parameters(optimizer: Optimizer) -> dict[int, Tensor]:
     """The tensors ``optimizer`` updates, by identity (a parameter listed in two groups counts once)."""
     return {id(parameter): parameter for group in optimizer.param_groups for parameter in group["params"]}
+
+
+def check_path_first(method: str, path: Any, second: Any, second_name: str) -> None:
+    """``path`` must be a checkpoint path; given after the state (swapped arguments), the error says the order."""
+    if not isinstance(path, (str, os.PathLike)) and isinstance(second, (str, os.PathLike)):
+        raise TypeError(
+            f"fabric.{method} takes the path first: fabric.{method}(path, {second_name}). Got a"
+            f" {type(path).__name__} as the path and {second!r} as the {second_name}."
+        )
+    check_path(path, caller=f"fabric.{method}(path=...)")
