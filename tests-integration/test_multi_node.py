@@ -13,22 +13,18 @@ node 0's command names node 1 and, where node 1 could report it, the failing ran
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-
-from fabric_testing import find_free_port
+from nodes import Node, describe, load_script, start_nodes, wait_nodes
 
 SCRIPT = Path(__file__).parent / "scripts" / "multi_node.py"
 NODES, DEVICES = 2, 2
@@ -36,87 +32,14 @@ WORLD = NODES * DEVICES
 STOP_WITHIN = 15.0  # seconds from a failure until every process of both commands has ended
 
 
-def load_script() -> Any:
-    spec = importlib.util.spec_from_file_location("multi_node_script", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@dataclass
-class Node:
-    """One running ``fabric run`` command (a node of the job)."""
-
-    rank: int
-    process: subprocess.Popen[bytes]
-    log: Path
-    returncode: int | None = None
-    ended: float | None = None
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def node_command(node_rank: int, port: int, *script_args: str, max_restarts: int = 0) -> list[str]:
-    options = ["--accelerator", "cpu", "--strategy", "ddp", "--devices", str(DEVICES), "--num-nodes", str(NODES)]
-    options += ["--node-rank", str(node_rank), "--main-address", "127.0.0.1", "--main-port", str(port)]
+def start_job(helpers: Any, workdir: Path, *script_args: str, max_restarts: int = 0) -> list[Node]:
+    options = ["--accelerator", "cpu", "--strategy", "ddp", "--devices", str(DEVICES)]
     options += ["--max-restarts", str(max_restarts)]
-    return [sys.executable, "-m", "fabric_core.cli", "run", *options, "--", str(SCRIPT), *script_args]
+    return start_nodes(helpers, workdir, SCRIPT, script_args, num_nodes=NODES, options=options)
 
 
-def start_nodes(helpers: Any, workdir: Path, *script_args: str, max_restarts: int = 0) -> list[Node]:
-    """Start one ``fabric run`` command per node, each in its own session (as on separate machines)."""
-    port = find_free_port()
-    env = helpers.command_environment()
-    nodes = []
-    for node_rank in range(NODES):
-        log = workdir / f"node{node_rank}.log"
-        command = node_command(node_rank, port, *script_args, max_restarts=max_restarts)
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        nodes.append(Node(node_rank, process, log))
-    return nodes
-
-
-def all_pids(helpers: Any, nodes: list[Node], workdir: Path) -> list[int]:
-    """Every process of the job still alive: the commands' sessions and the recorded ranks (torchrun starts its
-    workers in sessions of their own)."""
-    alive = set()
-    for node in nodes:
-        alive.update(helpers.session_processes(node.process.pid))
-    ranks = helpers.recorded_ranks(workdir / "pids")
-    alive.update(pid for pid, (_, start) in ranks.items() if helpers.is_alive(pid, start))
-    return sorted(alive)
-
-
-def describe(nodes: list[Node]) -> str:
-    return "\n".join(f"--- node {n.rank} exited with {n.returncode}:\n{n.output[-5000:]}" for n in nodes)
-
-
-def wait_nodes(helpers: Any, nodes: list[Node], workdir: Path, timeout: float) -> None:
-    """Wait until every command has exited and no process of the job runs; kill everything and fail past
-    ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for node in nodes:
-            if node.returncode is None and node.process.poll() is not None:
-                node.returncode, node.ended = node.process.returncode, time.time()
-        if all(node.returncode is not None for node in nodes) and not all_pids(helpers, nodes, workdir):
-            return
-        time.sleep(0.05)
-    for pid in [*all_pids(helpers, nodes, workdir), *(node.process.pid for node in nodes)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    for node in nodes:
-        node.process.wait()
-    pytest.fail(f"the job did not end within {timeout}s (every process was killed)\n{describe(nodes)}")
+def wait_job(helpers: Any, nodes: list[Node], workdir: Path, timeout: float) -> None:
+    wait_nodes(helpers, nodes, workdir / "pids", timeout)
 
 
 def read_records(workdir: Path) -> list[dict[str, Any]]:
@@ -125,7 +48,7 @@ def read_records(workdir: Path) -> list[dict[str, Any]]:
 
 def reference_weights(records: list[dict[str, Any]], steps: int) -> dict[str, torch.Tensor]:
     """One process training the same model with SGD on each step's global batch (all ranks' samples together)."""
-    script = load_script()
+    script = load_script(SCRIPT)
     model = script.make_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     dataset = script.IndexedDataset()
@@ -149,8 +72,8 @@ def job_dir(workdir: Path) -> Path:
 @pytest.mark.timeout(200)
 def test_two_commands_form_one_world_of_four(helpers: Any, job_dir: Path) -> None:
     steps = 4  # one epoch: 32 samples in global batches of 4 x 2
-    nodes = start_nodes(helpers, job_dir, *script_args(job_dir, "--steps", str(steps), "--ckpt", "ckpt.pt"))
-    wait_nodes(helpers, nodes, job_dir, timeout=180)
+    nodes = start_job(helpers, job_dir, *script_args(job_dir, "--steps", str(steps), "--ckpt", "ckpt.pt"))
+    wait_job(helpers, nodes, job_dir, timeout=180)
     assert [node.returncode for node in nodes] == [0, 0], describe(nodes)
     records = read_records(job_dir)
 
@@ -204,8 +127,8 @@ def failure_time(job_dir: Path) -> float:
 @pytest.mark.parametrize("kind", ["raise", "sigkill"])
 def test_a_failing_process_on_one_node_stops_both_commands(helpers: Any, job_dir: Path, kind: str) -> None:
     """Global rank 2 (node 1, local rank 0) fails at step 2; node 0's processes wait for it in the all-reduce."""
-    nodes = start_nodes(helpers, job_dir, *script_args(job_dir, "--steps", "6", "--fail", f"2:2:{kind}"))
-    wait_nodes(helpers, nodes, job_dir, timeout=180)
+    nodes = start_job(helpers, job_dir, *script_args(job_dir, "--steps", "6", "--fail", f"2:2:{kind}"))
+    wait_job(helpers, nodes, job_dir, timeout=180)
     failed = failure_time(job_dir)
     assert all(node.returncode not in (0, None) for node in nodes), describe(nodes)
     late = [(node.rank, round(node.ended - failed, 1)) for node in nodes if node.ended > failed + STOP_WITHIN]
@@ -225,7 +148,7 @@ def test_a_failing_process_on_one_node_stops_both_commands(helpers: Any, job_dir
 def test_a_killed_node_stops_the_other(helpers: Any, job_dir: Path, lost: int) -> None:
     """One node's ``fabric run`` and its processes are SIGKILLed mid-training (a machine lost; node 0 also hosts the
     rendezvous): the other node ends within seconds, non-zero, and says which node was lost."""
-    nodes = start_nodes(helpers, job_dir, *script_args(job_dir, "--steps", "200", "--step-delay", "0.05"))
+    nodes = start_job(helpers, job_dir, *script_args(job_dir, "--steps", "200", "--step-delay", "0.05"))
     deadline = time.monotonic() + 150
     ranks: dict[int, tuple[int, str]] = {}
     while len(ranks) < WORLD and time.monotonic() < deadline and all(n.process.poll() is None for n in nodes):
@@ -237,7 +160,7 @@ def test_a_killed_node_stops_the_other(helpers: Any, job_dir: Path, lost: int) -
     node_of = {pid: rank // DEVICES for pid, (rank, _) in ranks.items()}
     for pid in [nodes[lost].process.pid, *(pid for pid, node in node_of.items() if node == lost)]:
         os.kill(pid, signal.SIGKILL)
-    wait_nodes(helpers, nodes, job_dir, timeout=120)
+    wait_job(helpers, nodes, job_dir, timeout=120)
     assert nodes[lost].returncode == -signal.SIGKILL
     survivor = nodes[1 - lost]
     assert survivor.returncode not in (0, None), describe(nodes)
@@ -259,8 +182,8 @@ def test_max_restarts_survives_a_killed_process_and_resumes(helpers: Any, job_di
     args = script_args(job_dir, "--steps", str(steps), "--ckpt", "ckpt.pt", "--save-every", "2", "--resume")
     args += ["--fail", "2:3:sigkill", "--fail-once"]
     if layout == "2x2":
-        nodes = start_nodes(helpers, job_dir, *args, max_restarts=1)
-        wait_nodes(helpers, nodes, job_dir, timeout=280)
+        nodes = start_job(helpers, job_dir, *args, max_restarts=1)
+        wait_job(helpers, nodes, job_dir, timeout=280)
         assert [node.returncode for node in nodes] == [0, 0], describe(nodes)
         output = "".join(node.output for node in nodes)
     else:

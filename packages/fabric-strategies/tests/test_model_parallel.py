@@ -59,6 +59,18 @@ def test_mesh_sizes_are_resolved_and_validated():
             ModelParallelStrategy(parallelize, data_parallel_size=bad)  # type: ignore[arg-type]
 
 
+def test_mesh_sizes_that_do_not_fit_the_world_fail_once_the_world_size_is_known(monkeypatch):
+    """Checked when the connector completes the strategy, before any process starts (not in setup_environment)."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    cpus = [torch.device("cpu")] * 4
+    strategy = ModelParallelStrategy(parallelize, data_parallel_size=3, tensor_parallel_size=2, parallel_devices=cpus)
+    with pytest.raises(ValueError, match=r"data_parallel_size=3 x tensor_parallel_size=2 = 6.*has 4"):
+        strategy.complete(num_nodes=1)
+    fitting = ModelParallelStrategy(parallelize, data_parallel_size=4, tensor_parallel_size=2, parallel_devices=cpus)
+    fitting.complete(num_nodes=2)
+    assert fitting.mesh_sizes == (4, 2)
+
+
 def test_configuration_precision_and_sampler_split(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     strategy = ModelParallelStrategy(parallelize, tensor_parallel_size=2, parallel_devices=[torch.device("cpu")] * 2)

@@ -145,6 +145,10 @@ class ModelParallelStrategy(ShardedStrategy):
         return empty_init is not False
 
     @override
+    def _check_mesh_fits(self) -> None:
+        _ = self.mesh_sizes
+
+    @override
     def _create_device_mesh(self) -> DeviceMesh:
         from torch.distributed.device_mesh import init_device_mesh
 

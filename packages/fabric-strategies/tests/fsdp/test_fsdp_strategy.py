@@ -63,6 +63,17 @@ def test_invalid_configuration_is_named_with_the_choices():
         FSDPStrategy(sharding_strategy="HYBRID_SHARD", device_mesh=(0, 2))
 
 
+def test_a_hybrid_mesh_that_does_not_fit_the_world_fails_once_the_world_size_is_known(monkeypatch):
+    """Checked when the connector completes the strategy, before any process starts (not in setup_environment)."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    strategy = FSDPStrategy(sharding_strategy="HYBRID_SHARD", device_mesh=(3, 2), parallel_devices=CPU2 * 2)
+    with pytest.raises(ValueError, match=r"device_mesh=\(3, 2\) has 6 processes but the run has 4"):
+        strategy.complete(num_nodes=1)
+    fitting = FSDPStrategy(sharding_strategy="HYBRID_SHARD", device_mesh=(2, 4), parallel_devices=CPU2 * 2)
+    fitting.complete(num_nodes=2)
+    assert fitting.world_size == 8
+
+
 def test_fully_shard_keywords_pass_through():
     assert "reshard_after_forward" in fully_shard_options()
     assert "mesh" not in fully_shard_options()

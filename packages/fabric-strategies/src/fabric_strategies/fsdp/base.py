@@ -129,6 +129,16 @@ class ShardedStrategy(ParallelStrategy, ABC):
 
     # -- processes -----------------------------------------------------------------------------------------------
     @override
+    def _set_world_ranks(self) -> None:
+        super()._set_world_ranks()
+        # the world size is known now (the connector completed the strategy): a mesh that does not fit it fails
+        # here, before any process starts
+        self._check_mesh_fits()
+
+    def _check_mesh_fits(self) -> None:
+        """Raise ``ValueError`` when the configured mesh does not fit ``world_size`` processes on ``num_nodes``."""
+
+    @override
     def setup_environment(self) -> None:
         super().setup_environment()
         self._device_mesh = self._create_device_mesh()

@@ -170,13 +170,23 @@ class FSDPStrategy(ShardedStrategy):
         return OffloadPolicy()
 
     # -- mesh and sharding ---------------------------------------------------------------------------------------
+    def _mesh_shape(self) -> tuple[int, ...] | None:
+        """The shape of the mesh to create (``None``: a ``DeviceMesh`` was given)."""
+        if self._mesh_option is not None and not isinstance(self._mesh_option, tuple):
+            return None
+        return mesh_shape(self._sharding_strategy, self.world_size, self.num_nodes, self._mesh_option)
+
+    @override
+    def _check_mesh_fits(self) -> None:
+        self._mesh_shape()
+
     @override
     def _create_device_mesh(self) -> DeviceMesh:
-        from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+        from torch.distributed.device_mesh import init_device_mesh
 
-        if isinstance(self._mesh_option, DeviceMesh):
-            return self._mesh_option
-        shape = mesh_shape(self._sharding_strategy, self.world_size, self.num_nodes, self._mesh_option)
+        shape = self._mesh_shape()
+        if shape is None:
+            return self._mesh_option  # type: ignore[return-value]
         return init_device_mesh(self.root_device.type, shape, mesh_dim_names=mesh_dim_names(shape))
 
     @override
