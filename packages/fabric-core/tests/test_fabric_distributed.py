@@ -170,6 +170,34 @@ def test_five_step_training_with_ddp_keeps_the_replicas_identical() -> None:
     assert first["init_device"] == first["to_device"] == "cpu"
 
 
+class Agent(TinyMLP):
+    """An RL-style model whose training step calls a method, not forward (as in Lightning's PPO examples)."""
+
+    def get_action_and_value(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(x)
+        return logits.argmax(dim=1), logits.sum(dim=1)
+
+
+def _unmarked_method(rank: int, world_size: int) -> dict[str, Any]:
+    fabric = make_fabric()
+    fabric.launch()
+    agent = fabric.setup(Agent())
+    _, value = agent.get_action_and_value(torch.randn(4, 32) * (rank + 1))  # different data per rank, not marked
+    fabric.backward(value.sum())
+    out = {"synced": agent.module.layer1.weight.grad.clone()}
+    agent.module.zero_grad()
+    with fabric.no_backward_sync(agent):
+        fabric.backward(agent.get_action_and_value(torch.randn(4, 32) * (rank + 1))[1].sum())
+    out["local"] = agent.module.layer1.weight.grad.clone()
+    return portable(out)
+
+
+def test_an_unmarked_method_of_the_model_runs_through_ddp_and_syncs_gradients() -> None:
+    first, second = run_processes(_unmarked_method, init_process_group=False)
+    assert first["synced"] == second["synced"]  # DDP averaged them: the call went through its forward
+    assert first["local"] != second["local"]  # the same call without synchronisation differs per rank
+
+
 def run_epochs(
     fabric: Fabric,
     model: Any,

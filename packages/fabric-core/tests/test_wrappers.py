@@ -129,19 +129,47 @@ def test_marked_methods_go_through_the_forward_module() -> None:
     counting = Counting(model)
     wrapped = FabricModule(counting, precision_plugin("bf16-mixed"), original_module=model)
     x = torch.randn(2, 32)
-    wrapped.generate(x)  # not marked: bypasses the wrapper
-    assert counting.calls == 0
+    assert wrapped.generate(x, steps=1).dtype == torch.float32  # a method of the model's class: routed unmarked
+    assert counting.calls == 1
     wrapped.mark_forward_method("generate")
     out = wrapped.generate(x, steps=1)
-    assert counting.calls == 1
+    assert counting.calls == 2
     assert out.dtype == torch.float32
     assert "forward" not in model.__dict__  # forward restored
     assert torch.equal(wrapped(x), wrapped(x))
-    assert counting.calls == 3
+    assert counting.calls == 4
     with pytest.raises(ValueError, match="'missing'"):
         wrapped.mark_forward_method("missing")
     with pytest.raises(ValueError, match="forward"):
         wrapped.mark_forward_method("forward")
+
+
+class Bypassing(nn.Module):
+    """A wrapper whose forward never calls the wrapped module's forward."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return torch.zeros(1)
+
+
+def test_methods_of_the_model_class_only_are_routed_and_an_impossible_route_raises() -> None:
+    model = Generator()
+    counting = Counting(model)
+    wrapped = FabricModule(counting, Precision(), original_module=model)
+    wrapped.train()
+    list(wrapped.parameters())
+    wrapped.requires_grad_(True)  # nn.Module's methods are not routed
+    assert counting.calls == 0
+    unwrapped = FabricModule(model, Precision())
+    unwrapped.generate(torch.randn(2, 32))  # nothing wraps the model: a direct call, nothing to bypass
+    assert "forward" not in model.__dict__
+    blocked = FabricModule(Bypassing(model), Precision(), original_module=model)
+    with pytest.raises(RuntimeError, match=r"Generator\.generate\(\).*Bypassing.*model\.module\.generate"):
+        blocked.generate(torch.randn(2, 32))
+    assert "forward" not in model.__dict__
 
 
 def make_optimizer(callbacks: list[Any] | None = None) -> tuple[nn.Module, torch.optim.Optimizer, FabricOptimizer]:

@@ -7,6 +7,8 @@ one extra Python call.
 
 from __future__ import annotations
 
+import functools
+import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -37,14 +39,24 @@ class FabricModule(nn.Module):
     """The module returned by ``Fabric.setup``: forward runs through the strategy's wrapper under the precision.
 
     Attribute reads and writes, ``state_dict`` and ``load_state_dict`` pass through to the original module, which
-    ``.module`` returns. Methods other than ``forward`` that must run through the strategy's wrapper (DDP, FSDP)
-    can be marked with :meth:`mark_forward_method`.
+    ``.module`` returns. When the strategy wrapped the module (DDP, FSDP, DeepSpeed), a call of a method that the
+    module's own class defines (``model.generate(x)``) runs through the wrapper and the precision like ``forward``,
+    so gradients stay synchronised and parameters unsharded; :meth:`mark_forward_method` does the same for a method
+    on an unwrapped module (for the precision) and for methods inherited from torch classes.
     """
 
-    def __init__(self, forward_module: nn.Module, precision: Precision, original_module: nn.Module | None = None):
+    def __init__(
+        self,
+        forward_module: nn.Module,
+        precision: Precision,
+        original_module: nn.Module | None = None,
+        compiled_module: nn.Module | None = None,
+    ):
         super().__init__()
         self._forward_module = forward_module
         own = self.__dict__
+        if compiled_module is not None:  # torch.compile of forward_module: forward calls run through it
+            own["_forward_target"] = compiled_module
         own["_original_module"] = original_module if original_module is not None else forward_module
         own["_precision"] = precision
         own["_forward_methods"] = set()
@@ -80,7 +92,7 @@ class FabricModule(nn.Module):
     @property
     def forward_module(self) -> nn.Module:
         """The module forward calls go through (the strategy's wrapper, e.g. ``DistributedDataParallel``)."""
-        return self._forward_target  # type: ignore[no-any-return]
+        return self._modules["_forward_module"]  # type: ignore[return-value]
 
     # -- marked methods -------------------------------------------------------------------------------------------
     def mark_forward_method(self, method: str | Callable[..., Any]) -> None:
@@ -112,15 +124,27 @@ class FabricModule(nn.Module):
                 else:
                     original.__dict__.pop("forward", None)
 
+            called = []
+
             def forward_once(*inner_args: Any, **inner_kwargs: Any) -> Any:
                 restore()
+                called.append(True)
                 return method(*inner_args, **inner_kwargs)
 
             original.__dict__["forward"] = forward_once
             try:
-                return self._forward_with_precision(*args, **kwargs)
+                output = self._forward_with_precision(*args, **kwargs)
             finally:
                 restore()
+            if not called:
+                wrapper = type(self._forward_target).__name__
+                raise RuntimeError(
+                    f"{type(original).__name__}.{name}() could not run through the strategy's wrapper ({wrapper}):"
+                    f" the wrapper did not call the module's forward. Move the computation into forward(), or call"
+                    f" `model.module.{name}(...)` to run it on the bare module, without the wrapper's"
+                    " gradient synchronisation or unsharding."
+                )
+            return output
 
         call_through_wrapper.__name__ = name
         call_through_wrapper.__doc__ = getattr(method, "__doc__", None)
@@ -135,9 +159,12 @@ class FabricModule(nn.Module):
         own = self.__dict__
         if "_original_module" not in own:
             raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
-        if name in own["_forward_methods"]:
+        original = own["_original_module"]
+        if name in own["_forward_methods"] or (
+            own["_forward_target"] is not original and _is_user_method(type(original), name)
+        ):
             return self._redirected(name)
-        return getattr(own["_original_module"], name)
+        return getattr(original, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         own = self.__dict__
@@ -252,6 +279,19 @@ def _combined_class(optimizer_cls: type) -> type:
         combined = type(f"Fabric{optimizer_cls.__name__}", (FabricOptimizer, optimizer_cls), {})
         FabricOptimizer._classes[optimizer_cls] = combined
     return combined
+
+
+@functools.cache
+def _is_user_method(cls: type, name: str) -> bool:
+    """Whether ``name`` is a plain method that the module's own code defines (not ``torch``'s, e.g. ``nn.Module``'s
+    or FSDP's), so calling it on a set-up module runs through the strategy's wrapper like ``forward``."""
+    if name.startswith("__") or name == "forward":
+        return False
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            defined_by_torch = klass.__module__.split(".")[0] == "torch"
+            return not defined_by_torch and isinstance(klass.__dict__[name], types.FunctionType)
+    return False
 
 
 def is_wrapped(obj: object) -> bool:
