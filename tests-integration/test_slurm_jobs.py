@@ -8,10 +8,12 @@ docs/guide/launching.md shows (``test_the_guide_shows_these_scripts`` keeps them
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,8 @@ from fabric_testing import SlurmCluster
 SCRIPTS = Path(__file__).parent / "scripts"
 TRAIN, JOB = SCRIPTS / "slurm_train.py", SCRIPTS / "slurm_job.sh"
 GUIDE = Path(__file__).parents[1] / "docs" / "guide" / "launching.md"
-STEPS = 150
-STEP_TIME = "0.5"  # 75 s of training: longer than the job file lets the first run go on
+STEPS = 160
+STEP_TIME = "0.5"  # 80 s of training: the warning comes within about 65 s of its start
 
 
 def job_folder(helpers: Any, cluster: SlurmCluster, folder: Path) -> dict[str, str]:
@@ -84,18 +86,27 @@ def test_srun_starts_ddp_training_that_detects_slurm(reference: Path, slurm_clus
 def test_a_warned_job_saves_is_requeued_and_resumes_bit_identically(
     helpers: Any, slurm_cluster: SlurmCluster, reference: Path, tmp_path: Path
 ) -> None:
-    """``sbatch job.sh``, whose 1-minute limit and ``--signal=B:USR1@30`` warn the first run 30 to 60 s after it
-    starts (Slurm checks every 30 s): it saves and exits, and the job script requeues the job. The second run (given
-    5 minutes, so it is not warned again) resumes from the checkpoint and ends with the weights of the uninterrupted
-    srun run."""
+    """``sbatch job.sh``: its ``--signal=B:USR1@30`` warns the first run before the time limit; the run saves and
+    exits, and the job file requeues the job. The second run resumes from the checkpoint and ends with the weights of
+    the uninterrupted srun run.
+
+    Slurm looks at time limits every 30 s and may warn up to 60 s earlier than asked, so a 1-minute job can be
+    warned at its first check, while its tasks still start (they would die of SIGUSR1's default action). The job
+    therefore starts with 5 minutes; once training runs, its limit becomes the next whole minute at least 35 s
+    away (1 minute, as in the job file, unless the tasks took over 25 s to start): the warning comes at one of the
+    next two checks, and the end at least one check later. The second run gets 5 minutes and is not warned.
+    """
     env = job_folder(helpers, slurm_cluster, tmp_path)
     args = ["--steps", str(STEPS), "--step-time", STEP_TIME, "--report", "reports"]
-    job_id = slurm_cluster.submit(tmp_path / "job.sh", f"--chdir={tmp_path}", args=args, env=env)
+    job_id = slurm_cluster.submit(tmp_path / "job.sh", "--time=5", f"--chdir={tmp_path}", args=args, env=env)
     log = tmp_path / f"train-{job_id}.out"
-    fields = slurm_cluster.wait(job_id, states=("RUNNING",), timeout=120)
-    fields = slurm_cluster.wait(job_id, states=("PENDING", "COMPLETED", "FAILED", "TIMEOUT"), timeout=150)
-    # the warning comes 30 to 60 s after the start: tasks that have not reached fabric.launch() by then (a very slow
-    # start) die of SIGUSR1's default action, and the job file does not requeue a failed run
+    deadline = time.monotonic() + 180
+    while "training from step 0" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"training did not start within 180 s: {slurm_cluster.job(job_id)}"
+        time.sleep(0.2)
+    running = seconds(slurm_cluster.job(job_id)["RunTime"])
+    slurm_cluster.command("scontrol", "update", f"jobid={job_id}", f"TimeLimit={math.ceil((running + 35) / 60)}")
+    fields = slurm_cluster.wait(job_id, states=("PENDING", "COMPLETED", "FAILED", "TIMEOUT"), timeout=180)
     assert (fields["JobState"], fields["Restarts"]) == ("PENDING", "1"), log.read_text()
     slurm_cluster.command("scontrol", "update", f"jobid={job_id}", "TimeLimit=5")
     fields = slurm_cluster.wait(job_id, timeout=240)  # a requeued job starts again after about 12 s
@@ -120,6 +131,13 @@ def test_a_warned_job_saves_is_requeued_and_resumes_bit_identically(
     different = [name for name in expected if not torch.equal(weights[name], expected[name])]
     assert not different, f"resumed at step {stopped}, these weights differ from the uninterrupted run: {different}"
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.ckpt"]
+
+
+def seconds(duration: str) -> int:
+    """Slurm's ``[days-]hours:minutes:seconds`` in seconds."""
+    days, _, clock = duration.rpartition("-")
+    hours, minutes, secs = (int(part) for part in clock.split(":"))
+    return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + secs
 
 
 def fenced_blocks(markdown: str, language: str) -> list[str]:

@@ -31,6 +31,7 @@ def train(fabric: Fabric, args: argparse.Namespace) -> dict[str, Any]:
     if os.path.exists(args.checkpoint):
         fabric.load(args.checkpoint, state)  # a requeued job: continue at the saved step and batch
     first_step, preempted = state["step"], False
+    fabric.print(f"training from step {first_step}", flush=True)
     while state["step"] < args.steps and not preempted:
         for x, y in loader:
             loss = nn.functional.mse_loss(model(x), y)
