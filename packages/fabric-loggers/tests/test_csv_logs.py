@@ -278,3 +278,25 @@ def test_csv_text_is_plain_utf8(tmp_path):
     logger.log_metrics({"höhe": 1.5})
     text = Path(logger.metrics_file_path).read_bytes().decode("utf-8")
     assert list(csv.reader(io.StringIO(text))) == [["step", "höhe"], ["0", "1.5"]]
+
+
+def test_experiment_has_lightnings_csv_writer_api(tmp_path, monkeypatch):
+    logger = CSVLogger(tmp_path, prefix="train", flush_logs_every_n_steps=100)
+    experiment = logger.experiment
+    assert experiment.log_dir == logger.log_dir
+    assert experiment.metrics_file_path == logger.metrics_file_path
+    logger.log_metrics({"loss": 1.0}, step=0)
+    experiment.log_metrics({"direct": torch.tensor(2.0)}, step=1)  # names as given: no prefix
+    experiment.log_hparams({"lr": 0.1})
+    assert experiment.hparams == {"lr": 0.1}
+    experiment.save()
+    columns, rows = read_rows(experiment.metrics_file_path)
+    assert columns == ["step", "train-loss", "direct"]
+    assert rows == [{"step": "0", "train-loss": "1.0", "direct": ""}, {"step": "1", "train-loss": "", "direct": "2.0"}]
+    assert yaml.safe_load(Path(logger.hparams_file_path).read_text()) == {"lr": 0.1}
+    monkeypatch.setenv("RANK", "1")
+    other = CSVLogger(tmp_path / "other", flush_logs_every_n_steps=1)
+    other.experiment.log_metrics({"a": 1.0})
+    other.experiment.log_hparams({"b": 2})
+    other.experiment.save()
+    assert not (tmp_path / "other").exists()  # other ranks write nothing

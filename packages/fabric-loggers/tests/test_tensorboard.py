@@ -20,6 +20,17 @@ from fabric_testing import TinyMLP
 from fabric_utils import MissingDependencyError, PossibleUserWarning, module_available
 
 
+@pytest.fixture(autouse=True, params=["tensorboard", "tensorboardX"])
+def backend(request, monkeypatch):
+    """Run each test with torch's SummaryWriter (``tensorboard`` installed, preferred) and with tensorboardX (what a
+    user without ``tensorboard`` gets: the module is made unimportable for the test, as a missing install is)."""
+    if request.param == "tensorboardX":
+        monkeypatch.setitem(sys.modules, "tensorboard", None)
+    module_available.cache_clear()
+    yield request.param
+    module_available.cache_clear()
+
+
 def read_run(path: str | Path) -> EventAccumulator:
     """Everything TensorBoard itself reads from a run folder (all of its event files)."""
     accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
@@ -82,15 +93,20 @@ def test_scalars_are_read_back_by_tensorboard(tmp_path):
     assert scalars(run, "lr") == [(10, pytest.approx(0.01))]
 
 
-def test_prefix_and_dict_values(tmp_path):
+def chart_run(log_dir: str, main_tag: str, key: str, backend: str) -> Path:
+    """The run folder that ``add_scalars(main_tag, {key: ...})`` writes: the backends name it differently."""
+    return Path(log_dir, main_tag, key) if backend == "tensorboardX" else Path(log_dir, f"{main_tag}_{key}")
+
+
+def test_prefix_and_dict_values(tmp_path, backend):
     logger = TensorBoardLogger(tmp_path, prefix="train")
     logger.log_metrics({"loss": 2.0, "losses": {"g": 1.0, "d": torch.tensor(3.0)}}, step=4)
     logger.finalize("success")
     run = read_run(logger.log_dir)
     assert scalars(run, "train-loss") == [(4, 2.0)]
     # add_scalars draws one chart: each key is a run folder below the main tag
-    assert scalars(read_run(Path(logger.log_dir, "train-losses", "g")), "train-losses") == [(4, 1.0)]
-    assert scalars(read_run(Path(logger.log_dir, "train-losses", "d")), "train-losses") == [(4, 3.0)]
+    assert scalars(read_run(chart_run(logger.log_dir, "train-losses", "g", backend)), "train-losses") == [(4, 1.0)]
+    assert scalars(read_run(chart_run(logger.log_dir, "train-losses", "d", backend)), "train-losses") == [(4, 3.0)]
 
 
 def test_bad_values_name_the_metric(tmp_path):
@@ -171,7 +187,11 @@ def test_log_hyperparams_rejects_extra_arguments(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")  # tensorboardX traces with torch.jit
-def test_graph_from_an_example_input(tmp_path):
+def test_graph_from_an_example_input(tmp_path, backend):
+    if backend == "tensorboardX":
+        with pytest.raises(MissingDependencyError, match="log_graph requires `tensorboard`"):
+            TensorBoardLogger(tmp_path).log_graph(TinyMLP(in_features=4), torch.randn(2, 4))
+        return
     logger = TensorBoardLogger(tmp_path)
     logger.log_graph(TinyMLP(in_features=4), torch.randn(2, 4))
     logger.finalize("success")
@@ -182,7 +202,9 @@ def test_graph_from_an_example_input(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")  # tensorboardX traces with torch.jit
-def test_graph_from_the_models_example_input_array(tmp_path):
+def test_graph_from_the_models_example_input_array(tmp_path, backend):
+    if backend == "tensorboardX":
+        pytest.skip("graphs need the tensorboard package")
     model = TinyMLP(in_features=3)
     model.example_input_array = torch.randn(1, 3)
     logger = TensorBoardLogger(tmp_path)
@@ -191,7 +213,9 @@ def test_graph_from_the_models_example_input_array(tmp_path):
     assert any(node.op == "aten::linear" for node in read_run(logger.log_dir).Graph().node)
 
 
-def test_graph_without_an_input_warns_and_writes_nothing(tmp_path):
+def test_graph_without_an_input_warns_and_writes_nothing(tmp_path, backend):
+    if backend == "tensorboardX":
+        pytest.skip("graphs need the tensorboard package")
     logger = TensorBoardLogger(tmp_path)
     with pytest.warns(PossibleUserWarning, match="pass `input_array`"):
         logger.log_graph(TinyMLP())
@@ -249,7 +273,7 @@ def test_save_makes_everything_readable_and_logging_continues_in_a_new_file(tmp_
 
 def test_writer_arguments_pass_through(tmp_path):
     logger = TensorBoardLogger(tmp_path, filename_suffix=".fabric")
-    assert logger.experiment.logdir == logger.log_dir
+    assert logger.experiment.log_dir == logger.log_dir
     logger.log_metrics({"a": 1.0})
     logger.save()
     logger.log_metrics({"a": 2.0})
@@ -261,14 +285,14 @@ def test_writer_arguments_pass_through(tmp_path):
         TensorBoardLogger(tmp_path, logdir="elsewhere")
 
 
-def test_remote_url_is_uploaded_at_save_and_finalize(memory_root, tmp_path):
+def test_remote_url_is_uploaded_at_save_and_finalize(memory_root, tmp_path, backend):
     fs = fsspec.filesystem("memory")
     logger = TensorBoardLogger(memory_root, name="exp", sub_dir="train")
     assert logger.log_dir == f"{memory_root}/exp/version_0/train"
     logger.log_hyperparams({"lr": 0.1})
     logger.log_metrics({"loss": 1.0}, step=1)
     assert TensorBoardLogger(memory_root, name="exp").version == 1  # the version is claimed on first write
-    staging = logger.experiment.logdir
+    staging = logger.experiment.log_dir
     assert os.path.isdir(staging)
     logger.save()
     fs.get(logger.log_dir, str(tmp_path / "first"), recursive=True)
@@ -281,7 +305,7 @@ def test_remote_url_is_uploaded_at_save_and_finalize(memory_root, tmp_path):
     assert scalars(run, "loss") == [(1, 1.0), (2, 0.5)]
     assert scalars(run, "hp_metric") == [(0, -1.0)]
     assert hparams_of(run) == ({"lr": 0.1}, ["hp_metric"])
-    assert scalars(read_run(tmp_path / "all" / "group" / "a"), "group") == [(2, 2.0)]
+    assert scalars(read_run(chart_run(str(tmp_path / "all"), "group", "a", backend)), "group") == [(2, 2.0)]
     # logging after finalize continues the same run with a new file
     logger.log_metrics({"loss": 0.25}, step=3)
     logger.finalize("success")
@@ -327,17 +351,21 @@ def test_pickling_leaves_the_writer_behind(tmp_path):
 
 
 @pytest.fixture
-def tensorboardx_missing(monkeypatch):
-    """Make ``tensorboardX`` unimportable for one test, the way a missing install is."""
+def tensorboard_missing(monkeypatch):
+    """Make ``tensorboard`` and ``tensorboardX`` unimportable for one test, the way a missing install is."""
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
     module_available.cache_clear()
     yield
     module_available.cache_clear()
 
 
-def test_missing_tensorboardx_names_the_install_command(tmp_path, tensorboardx_missing):
+def test_missing_writers_name_the_install_command(tmp_path, tensorboard_missing):
     assert not module_available("tensorboardX")
-    with pytest.raises(MissingDependencyError, match=r"pip install 'fabric-loggers\[tensorboard\]'"):
+    assert not module_available("tensorboard")
+    with pytest.raises(
+        MissingDependencyError, match=r"`tensorboard`.*`tensorboardX`.*pip install 'fabric-loggers\[tensorboard\]'"
+    ):
         TensorBoardLogger(tmp_path)
 
 
@@ -348,3 +376,20 @@ def test_logging_emits_no_warnings(tmp_path):
         logger.log_metrics({"a": 1.0}, step=0)
         logger.log_hyperparams({"b": 2})
         logger.finalize("success")
+
+
+def test_experiment_has_the_writer_api_users_call(tmp_path, backend):
+    logger = TensorBoardLogger(tmp_path)
+    writer = logger.experiment
+    assert writer.log_dir == logger.log_dir
+    writer.add_scalar("direct", 1.5, 2)
+    writer.add_histogram("weights", torch.arange(10.0), 2)
+    writer.add_image("picture", torch.rand(3, 4, 4), 2)
+    writer.add_text("note", "hello", 2)
+    writer.flush()
+    assert scalars(read_run(logger.log_dir), "direct") == [(2, 1.5)]  # flushed: readable while the writer is open
+    logger.finalize("success")
+    run = read_run(logger.log_dir)
+    assert [event.step for event in run.Histograms("weights")] == [2]
+    assert [(event.width, event.height) for event in run.Images("picture")] == [(4, 4)]
+    assert "note/text_summary" in run.Tags()["tensors"]

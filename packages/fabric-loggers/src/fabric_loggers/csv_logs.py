@@ -73,6 +73,41 @@ class MetricsFile:
             self.fs.pipe_file(self.path, self.fs.cat_file(self.path) + data)
 
 
+class CSVExperiment:
+    """What ``CSVLogger.experiment`` returns: Lightning's CSV experiment-writer API over the logger's files.
+
+    Metric names are written as given (the logger's ``prefix`` is not added); the writing happens on global rank
+    zero only, like the logger's own methods.
+    """
+
+    def __init__(self, logger: CSVLogger) -> None:
+        self._logger = logger
+
+    @property
+    def log_dir(self) -> str:
+        return self._logger.log_dir
+
+    @property
+    def metrics_file_path(self) -> str:
+        return self._logger.metrics_file_path
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return self._logger.hparams
+
+    def log_metrics(self, metrics_dict: Mapping[str, Any], step: int | None = None) -> None:
+        """Buffer one row of metrics (written by :meth:`save`, or every ``flush_logs_every_n_steps`` rows)."""
+        self._logger._log_row(metrics_dict, step)
+
+    def log_hparams(self, params: dict[str, Any] | Namespace) -> None:
+        """Merge ``params`` into the hyperparameters and write ``hparams.yaml``."""
+        self._logger.log_hyperparams(params)
+
+    def save(self) -> None:
+        """Write the buffered rows to ``metrics.csv``."""
+        self._logger.save()
+
+
 class CSVLogger(Logger):
     """Log metrics to ``root_dir/name/version_N/metrics.csv`` and hyperparameters to ``hparams.yaml`` beside it.
 
@@ -150,6 +185,11 @@ class CSVLogger(Logger):
     def hparams_file_path(self) -> str:
         return self._dir.join(self.log_dir, self.HPARAMS_FILE)
 
+    @property
+    def experiment(self) -> CSVExperiment:
+        """The experiment writer (``log_metrics``, ``log_hparams``, ``save``, ``log_dir``, ``metrics_file_path``)."""
+        return CSVExperiment(self)
+
     def _metrics_file(self) -> MetricsFile:
         if self._metrics is None:
             fs, path = self._dir.fs, self.metrics_file_path
@@ -163,9 +203,12 @@ class CSVLogger(Logger):
     @override
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        self._log_row(add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR), step)
+
+    @rank_zero_only
+    def _log_row(self, metrics: Mapping[str, Any], step: int | None) -> None:
         step = check_step(step)
-        prefixed = add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
-        row = {name: metric_scalar(name, value) for name, value in prefixed.items()}
+        row = {name: metric_scalar(name, value) for name, value in metrics.items()}
         if STEP_COLUMN in row:
             raise ValueError(f"The metric name {STEP_COLUMN!r} is reserved for the step column; pass `step=` instead.")
         metrics_file = self._metrics_file()

@@ -1,4 +1,5 @@
-"""``TensorBoardLogger``: TensorBoard event files written with tensorboardX, locally or on any fsspec URL."""
+"""``TensorBoardLogger``: TensorBoard event files written with torch's ``SummaryWriter`` (needs ``tensorboard``) or
+``tensorboardX``, locally or on any fsspec URL."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import tempfile
 from argparse import Namespace
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 from torch import nn
@@ -26,6 +28,7 @@ from fabric_loggers.base import Logger
 from fabric_utils import (
     TENSORBOARD,
     TENSORBOARDX,
+    MissingDependencyError,
     PathLike,
     PossibleUserWarning,
     move_data_to_device,
@@ -46,6 +49,33 @@ def _check_sub_dir(sub_dir: PathLike | None) -> str | None:
     return check_folder("sub_dir", os.path.expandvars(os.path.expanduser(os.fspath(sub_dir))))
 
 
+def _writer_backend() -> SimpleNamespace:
+    """The writer class and ``hparams`` summary function: torch's (``torch.utils.tensorboard``) when the
+    ``tensorboard`` package is installed, else tensorboardX's, else an error naming both."""
+    if TENSORBOARD:
+        from torch.utils import tensorboard
+
+        return SimpleNamespace(writer=tensorboard.SummaryWriter, hparams=tensorboard.summary.hparams)
+    if TENSORBOARDX:
+        tensorboardx = TENSORBOARDX.require("TensorBoardLogger")
+        return SimpleNamespace(writer=_tensorboardx_writer(tensorboardx), hparams=tensorboardx.summary.hparams)
+    raise MissingDependencyError(
+        "TensorBoardLogger requires `tensorboard` (preferred: torch's SummaryWriter) or `tensorboardX`, but neither"
+        f" is installed. Run: {TENSORBOARDX.install}"
+    )
+
+
+_TENSORBOARDX_WRITERS: dict[type, type] = {}
+
+
+def _tensorboardx_writer(tensorboardx: Any) -> type:
+    """tensorboardX's ``SummaryWriter`` with torch's ``log_dir`` attribute as well (it has only ``logdir``)."""
+    base = tensorboardx.SummaryWriter
+    if base not in _TENSORBOARDX_WRITERS:
+        _TENSORBOARDX_WRITERS[base] = type("SummaryWriter", (base,), {"log_dir": property(lambda self: self.logdir)})
+    return _TENSORBOARDX_WRITERS[base]
+
+
 class _NoOpExperiment:
     """Stands in for the ``SummaryWriter`` on ranks other than zero: every method call does nothing."""
 
@@ -60,7 +90,10 @@ class _NoOpExperiment:
 
 
 class TensorBoardLogger(Logger):
-    """Log to TensorBoard event files in ``root_dir/name/version_N[/sub_dir]`` through ``tensorboardX``.
+    """Log to TensorBoard event files in ``root_dir/name/version_N[/sub_dir]``.
+
+    The writer is torch's ``torch.utils.tensorboard.SummaryWriter`` when the ``tensorboard`` package is installed
+    (as in Lightning), else ``tensorboardX.SummaryWriter``; TensorBoard reads the files of either.
 
     Args:
         root_dir: Local folder or fsspec URL (``s3://bucket/runs``, ``memory://runs``) under which runs are kept.
@@ -74,9 +107,9 @@ class TensorBoardLogger(Logger):
         sub_dir: A folder inside the version folder to write to (``~`` and ``$VARS`` are expanded; the result must
             stay inside the version folder).
         storage_options: Passed to the fsspec filesystem of a remote ``root_dir``.
-        **kwargs: Passed to ``tensorboardX.SummaryWriter`` (``max_queue``, ``flush_secs``, ``filename_suffix``...).
+        **kwargs: Passed to the ``SummaryWriter`` (``max_queue``, ``flush_secs``, ``filename_suffix``...).
 
-    Remote URLs: tensorboardX writes into a local staging folder, and :meth:`save` and :meth:`finalize` upload the
+    Remote URLs: the writer writes into a local staging folder, and :meth:`save` and :meth:`finalize` upload the
     event files to ``log_dir`` (only files that changed since the last upload). :meth:`save` closes the current
     event file so that everything logged so far is on storage; the next log call starts a new file in the same
     folder, which TensorBoard reads as one run.
@@ -94,7 +127,7 @@ class TensorBoardLogger(Logger):
         storage_options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        TENSORBOARDX.require("TensorBoardLogger")
+        _writer_backend()  # a missing library is reported here, not at the first log call
         reserved = [key for key in _RESERVED_WRITER_ARGS if key in kwargs]
         if reserved:
             raise TypeError(f"TensorBoardLogger sets the writer's folder itself; drop {reserved} and use root_dir.")
@@ -138,7 +171,11 @@ class TensorBoardLogger(Logger):
 
     @property
     def experiment(self) -> Any:
-        """The ``tensorboardX.SummaryWriter`` (created on first use); a do-nothing stand-in on other ranks.
+        """The ``SummaryWriter`` (created on first use); a do-nothing stand-in on other ranks.
+
+        Both backends offer ``log_dir``, ``add_scalar``, ``add_scalars``, ``add_histogram``, ``add_image``,
+        ``add_text``, ``add_graph``, ``flush`` and ``close``. With a remote ``root_dir``, ``log_dir`` is the local
+        staging folder that :meth:`save` uploads.
 
         :meth:`save` and :meth:`finalize` close the writer and the next use opens a new one: read this property
         each time rather than keeping the writer across a save.
@@ -146,12 +183,12 @@ class TensorBoardLogger(Logger):
         if rank_zero_only.rank != 0:
             return _NoOpExperiment()
         if self._experiment is None:
-            tensorboardx = TENSORBOARDX.require("TensorBoardLogger")
+            writer_class = _writer_backend().writer
             kwargs = dict(self._writer_kwargs)
             suffix = str(kwargs.pop("filename_suffix", ""))
             if self._writers_opened:  # another file in a folder that has one from this logger (or its pickled copy)
                 suffix = f".{os.getpid()}-{self._writers_opened}{suffix}"
-            self._experiment = tensorboardx.SummaryWriter(logdir=self._writer_dir(), filename_suffix=suffix, **kwargs)
+            self._experiment = writer_class(self._writer_dir(), filename_suffix=suffix, **kwargs)
             self._writers_opened += 1
         return self._experiment
 
@@ -208,9 +245,8 @@ class TensorBoardLogger(Logger):
             metrics = {HP_METRIC: metrics}
         prefixed = add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
         scalars = {name: metric_scalar(name, value) for name, value in prefixed.items()}
-        summary = TENSORBOARDX.require("TensorBoardLogger").summary
         hparam_dict = {name: tensorboard_value(value) for name, value in self.hparams.items()}
-        experiment, session_start, session_end = summary.hparams(hparam_dict, scalars)
+        experiment, session_start, session_end = _writer_backend().hparams(hparam_dict, scalars)
         self._write_scalars(scalars, 0)
         writer = self.experiment
         for proto in (experiment, session_start, session_end):
@@ -221,7 +257,7 @@ class TensorBoardLogger(Logger):
     def log_graph(self, model: nn.Module, input_array: Any | None = None) -> None:
         """Trace ``model`` on ``input_array`` (default: ``model.example_input_array``) and record its graph.
 
-        Needs the ``tensorboard`` package (tensorboardX draws graphs with torch's TensorBoard support).
+        Needs the ``tensorboard`` package (both writers draw graphs with torch's TensorBoard support).
         """
         TENSORBOARD.require("TensorBoardLogger.log_graph")
         example = input_array if input_array is not None else getattr(model, "example_input_array", None)
