@@ -14,6 +14,7 @@ NOT_AT_IMPORT = (
     "click",
     "deepspeed",
     "fsspec",
+    "libcst",
     "mpi4py",
     "packaging.version",
     "tensorboardX",

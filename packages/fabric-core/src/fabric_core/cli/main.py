@@ -10,6 +10,7 @@ import click
 from fabric_core import __version__
 from fabric_core.cli.consolidate import consolidate
 from fabric_core.cli.environment import env
+from fabric_core.cli.migrate import migrate
 from fabric_core.cli.run import run
 
 USAGE_ERROR = 2
@@ -24,6 +25,7 @@ def cli() -> None:
 cli.add_command(run)
 cli.add_command(consolidate)
 cli.add_command(env)
+cli.add_command(migrate)
 
 
 def main(args: Sequence[str] | None = None) -> None:
