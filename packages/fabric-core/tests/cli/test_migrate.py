@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -234,3 +235,21 @@ def test_the_command_line_loads_libcst_only_when_migrate_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "migrate" in result.stdout
     assert result.stdout.strip().endswith("False")
+
+
+MIGRATING_GUIDE = Path(__file__).resolve().parents[4] / "docs" / "guide" / "migrating.md"
+
+
+def test_the_tool_moves_each_name_where_the_migration_guide_says() -> None:
+    from fabric_core.cli.migrate import RENAMED, NameTable, Target
+
+    table = NameTable.from_installed()
+    guide = MIGRATING_GUIDE.read_text()
+    rows = re.findall(r"^\| `(lightning\.fabric[\w.]*)` \(([^)]*)\) \| `(fabric_\w+)` \|$", guide, flags=re.MULTILINE)
+    assert len(rows) >= 10
+    for module, names, package in rows:
+        for name in re.findall(r"`(\w+)`", names):
+            assert table.lookup(f"{module}.{name}") == Target(package, name), (module, name)
+    prose = " ".join(guide.split())
+    for lightning_name, (package, ours) in RENAMED.items():
+        assert f"`{lightning_name}` → `{package}.{ours}`" in prose
