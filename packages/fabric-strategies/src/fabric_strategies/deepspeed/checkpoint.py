@@ -65,6 +65,31 @@ def find_engine(engines: Sequence[Any], obj: Any) -> Any | None:
     return None
 
 
+def holds_engine(engines: Sequence[Any], state: Any) -> bool:
+    """Whether the ``state`` dict holds one of ``engines`` (or a module one of them wraps)."""
+    return isinstance(state, Mapping) and any(find_engine(engines, obj) is not None for obj in state.values())
+
+
+def with_full_module_states(strategy: DeepSpeedStrategy, state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` (a state without an engine, e.g. ``{"model": model.state_dict()}``) with each entry that is the
+    state dict of a ZeRO-3 model (the same keys) replaced by the full one gathered from every process.
+
+    ZeRO-3 keeps only a shard of each parameter on a process: its own ``state_dict()`` holds empty placeholders.
+    Every process must call this (the gathering is collective); their states have the same keys, so they decide
+    alike. Under ZeRO-1/2 each process holds the full parameters and ``state`` is returned as it is.
+    """
+    result = dict(state)
+    if strategy.zero_stage != 3:
+        return result
+    for engine in strategy.engines:
+        names = set(engine.module.state_dict())
+        matching = [key for key, value in state.items() if isinstance(value, Mapping) and set(value) == names]
+        if matching:
+            full = strategy.get_module_state_dict(engine)
+            result.update(dict.fromkeys(matching, full))
+    return result
+
+
 def is_engine_optimizer(engine: Any, obj: Any) -> bool:
     """Whether ``obj`` is the engine's optimizer: DeepSpeed's wrapper or the optimizer it wraps."""
     candidates = (getattr(engine, "optimizer", None), getattr(engine, "basic_optimizer", None))

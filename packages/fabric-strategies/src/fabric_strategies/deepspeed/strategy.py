@@ -25,10 +25,12 @@ from fabric_strategies.catalog import register_listed_class
 from fabric_strategies.checkpoint import StateFilter
 from fabric_strategies.deepspeed.checkpoint import (
     find_engine,
+    holds_engine,
     is_engine_optimizer,
     load_engine_checkpoint,
     load_engine_module,
     save_engine_checkpoint,
+    with_full_module_states,
 )
 from fabric_strategies.deepspeed.config import DeepSpeedConfig, build_config, zero_stage_of
 from fabric_strategies.deepspeed.precision import (
@@ -378,9 +380,17 @@ class DeepSpeedStrategy(ParallelStrategy):
         storage_options: Any | None = None,
         filter: StateFilter | None = None,
     ) -> None:
-        """Write a DeepSpeed checkpoint directory at ``path`` (every process writes its shards)."""
+        """Write a DeepSpeed checkpoint directory at ``path`` (every process writes its shards).
+
+        A state without a set-up model (e.g. ``{"model": model.state_dict()}``) is written by global rank 0 to one
+        file instead, loadable by ``fabric.load`` or ``torch.load``; a ZeRO-3 model's state dict in it is gathered
+        in full first."""
         if storage_options is not None:
             raise TypeError("DeepSpeedStrategy.save_checkpoint takes no storage_options: DeepSpeed writes local files.")
+        if not holds_engine(self._engines, state):
+            super().save_checkpoint(path, with_full_module_states(self, state), filter=filter)
+            self.barrier("deepspeed_save_checkpoint")
+            return
         save_engine_checkpoint(self, path, state, filter, self._exclude_frozen_parameters)
         self.barrier("deepspeed_save_checkpoint")
 
@@ -406,7 +416,7 @@ class DeepSpeedStrategy(ParallelStrategy):
             load_engine_module(engine, path, strict, weights_only)
             return {}
         if isinstance(state, (Module, Optimizer)) or not os.path.isdir(os.fspath(path)):
-            if isinstance(state, dict) and state and not self._load_full_weights:
+            if holds_engine(self._engines, state) and not self._load_full_weights:
                 raise ValueError(
                     f"{os.fspath(path)!r} is not a DeepSpeed checkpoint directory. To load full model weights from a"
                     " single file, create the strategy with load_full_weights=True, or use"
