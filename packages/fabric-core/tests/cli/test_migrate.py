@@ -101,9 +101,10 @@ def project(tmp_path: Path) -> Path:
 
 def test_diff_mode_prints_the_rewrite_and_touches_nothing(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = {path: path.read_bytes() for path in project.rglob("*") if path.is_file()}
-    assert migrate(str(project)) == 1
-    out, err = capsys.readouterr()
     train = project / "pkg" / "train.py"
+    assert migrate(str(project), str(train)) == 1  # a file given twice is shown once
+    out, err = capsys.readouterr()
+    assert out.count(f"--- {train}\n") == 1
     assert out.startswith(f"--- {train}\n+++ {train}\n@@ ")
     assert "\n-from lightning.fabric.strategies import (\n" in out
     assert "\n+from fabric_strategies import (\n" in out
@@ -201,15 +202,19 @@ def test_aliases_and_attribute_chains_through_every_spelling(tmp_path: Path) -> 
     )
 
 
-def test_a_file_that_does_not_parse_is_named_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_file_that_does_not_parse_is_skipped_and_a_star_import_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     broken = tmp_path / "broken.py"
     broken.write_text("from lightning.fabric import Fabric\ndef f(:\n")
     good = tmp_path / "good.py"
-    good.write_text("from lightning.fabric import Fabric\n")
+    good.write_bytes(b"from lightning.fabric import *\r\nfrom lightning.fabric import Fabric\r\n")
     assert migrate("--write", str(tmp_path)) == 1
-    assert good.read_text() == "from fabric_core import Fabric\n"
+    assert good.read_bytes() == b"from lightning.fabric import *\r\nfrom fabric_core import Fabric\r\n"
     assert broken.read_text() == "from lightning.fabric import Fabric\ndef f(:\n"
-    assert f"{broken}: skipped: cannot parse line 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{broken}: skipped: cannot parse line 2" in err
+    assert f"{good}:1: cannot map lightning.fabric.* (a star import: import the names you use by name" in err
 
 
 def test_usage_errors_exit_with_two(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -122,6 +122,8 @@ class Unmapped:
     def __str__(self) -> str:
         if not self.fabric:
             why = "part of Lightning, not of Lightning Fabric: left as it is"
+        elif self.name.endswith(".*"):
+            why = "a star import: import the names you use by name, then run fabric migrate again"
         elif self.suggestion is None:
             why = "no counterpart and no close name"
         else:
@@ -201,7 +203,15 @@ class NameTable:
 
 def python_files(paths: Sequence[str]) -> Iterator[Path]:
     """Each path that is a file, and the ``*.py`` files under each directory (hidden folders, caches and virtual
-    environments skipped), in a stable order."""
+    environments skipped), in a stable order, each file once."""
+    seen: set[Path] = set()
+    for found in _walk(paths):
+        if found.resolve() not in seen:
+            seen.add(found.resolve())
+            yield found
+
+
+def _walk(paths: Sequence[str]) -> Iterator[Path]:
     for given in paths:
         path = Path(given)
         if not path.is_dir():
