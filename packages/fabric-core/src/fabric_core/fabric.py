@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from fabric_accelerators import Accelerator
 from fabric_core.callbacks import HookCaller, collect_callbacks
+from fabric_core.compile import Compilation, split_compiled
 from fabric_core.connector import AcceleratorFlag, Plugin, StrategyFlag, build, is_interactive, resolve_plan
 from fabric_core.data import add_worker_seeding, global_seed, inject_distributed_sampler
 from fabric_core.loader import FabricDataLoader
@@ -211,6 +212,7 @@ class Fabric:
     def setup(self, module: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
         """Set up a model and its optimizers for the strategy and precision; return the wrapped objects."""
         check_bool("setup", move_to_device=move_to_device)
+        module, compilation = split_compiled(module)  # compiled again after the strategy wraps it
         check_setup_module(module, self._set_up)
         check_setup_optimizers(optimizers, self._set_up)
         check_optimizers_own_parameters(module, optimizers)
@@ -223,20 +225,21 @@ class Fabric:
             module, wrapped_optimizers = self._strategy.setup_module_and_optimizers(module, list(optimizers))
         else:
             module, wrapped_optimizers = self._strategy.setup_module(module), []
-        fabric_module = self._wrap_module(module, original, before)
+        fabric_module = self._wrap_module(module, original, before, compilation)
         fabric_optimizers = [self._wrap_optimizer(o, given) for o, given in zip(wrapped_optimizers, optimizers)]
         return (fabric_module, *fabric_optimizers) if optimizers else fabric_module
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
         """Set up a model alone (optimizers can follow with :meth:`setup_optimizers`, e.g. after FSDP sharding)."""
         check_bool("setup_module", move_to_device=move_to_device)
+        module, compilation = split_compiled(module)
         check_setup_module(module, self._set_up)
         self._ensure_launched()
         original, before = module, list(module.parameters())
         module = self._precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
-        return self._wrap_module(self._strategy.setup_module(module), original, before)
+        return self._wrap_module(self._strategy.setup_module(module), original, before, compilation)
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
         """Set up optimizers (of models already set up); returns one wrapper, or a tuple for several."""
@@ -276,14 +279,17 @@ class Fabric:
         device = self.device if move and isinstance(processed, DataLoader) else None
         return FabricDataLoader(processed, device=device)
 
-    def _wrap_module(self, module: nn.Module, original: nn.Module, before: Sequence[torch.Tensor]) -> FabricModule:
+    def _wrap_module(
+        self, module: nn.Module, original: nn.Module, before: Sequence[torch.Tensor], compilation: Compilation | None
+    ) -> FabricModule:
         self._replaced.record(before, original, module)
         self._set_up.add(original)
         self._models_setup += 1
         self._backward_module = module if self._models_setup == 1 else None
         if hasattr(original, "_fabric"):  # LightningModule protocol: its self.log / self.fabric reach this Fabric
             original._fabric = self
-        return FabricModule(module, self._precision, original_module=original)
+        compiled = compilation.apply(module) if compilation is not None else None
+        return FabricModule(module, self._precision, original_module=original, compiled_module=compiled)
 
     def _wrap_optimizer(self, optimizer: Optimizer, given: Optimizer) -> FabricOptimizer:
         self._set_up.add(given)

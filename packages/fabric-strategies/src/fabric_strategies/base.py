@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
@@ -26,10 +27,42 @@ from fabric_utils import PathLike, check_clip_threshold, check_norm_type, check_
 
 
 def unwrap_module(module: Module) -> Module:
-    """The module inside ``DistributedDataParallel``/``DataParallel`` wrappers (the module itself otherwise)."""
-    while isinstance(module, (DistributedDataParallel, DataParallel)):
-        module = module.module
-    return module
+    """The module inside ``DistributedDataParallel``/``DataParallel`` wrappers and ``torch.compile``'s
+    ``OptimizedModule`` (the module itself otherwise)."""
+    while True:
+        if isinstance(module, (DistributedDataParallel, DataParallel)):
+            module = module.module
+        elif _is_compiled(module):
+            module = module._orig_mod  # type: ignore[assignment]
+        else:
+            return module
+
+
+def _is_compiled(module: Module) -> bool:
+    # torch.compile's wrapper lives in torch._dynamo (heavy to import); nothing is compiled before it is imported
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(module, eval_frame.OptimizedModule)
+
+
+def _clean_key(key: str) -> str:
+    """A state-dict key without the ``_orig_mod`` parts that compiled submodules add (``block._orig_mod.w``)."""
+    return ".".join(part for part in key.split(".") if part != "_orig_mod")
+
+
+def _clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with the keys an uncompiled model has (a model with compiled blocks adds ``_orig_mod.``)."""
+    if not any("_orig_mod" in key for key in state_dict):
+        return state_dict  # type: ignore[return-value]
+    return {_clean_key(key): value for key, value in state_dict.items()}
+
+
+def _load_into(module: Module, state_dict: Mapping[str, Any], strict: bool) -> Any:
+    """``module.load_state_dict`` that accepts keys with or without compiled blocks' ``_orig_mod.`` parts."""
+    own = module.state_dict(keep_vars=True).keys()
+    if any("_orig_mod" in key for key in (*state_dict, *own)):
+        names = {_clean_key(key): key for key in own}
+        state_dict = {names.get(_clean_key(key), key): value for key, value in state_dict.items()}
+    return module.load_state_dict(state_dict, strict=strict)
 
 
 def _check_part(value: Any, expected: type, name: str) -> None:
@@ -291,10 +324,10 @@ class Strategy(ABC):
 
     # -- state -----------------------------------------------------------------------------------------------------
     def get_module_state_dict(self, module: Module) -> dict[str, Any]:
-        return unwrap_module(module).state_dict()
+        return _clean_state_dict(unwrap_module(module).state_dict())
 
     def load_module_state_dict(self, module: Module, state_dict: Mapping[str, Any], strict: bool = True) -> None:
-        unwrap_module(module).load_state_dict(state_dict, strict=strict)
+        _load_into(unwrap_module(module), state_dict, strict)
 
     def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
         return optimizer.state_dict()
