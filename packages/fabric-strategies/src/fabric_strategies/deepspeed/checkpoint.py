@@ -210,6 +210,11 @@ def trusted_tag(engine: Any, directory: str, weights_only: bool | None) -> str:
 
     Returning the tag lets the load name it explicitly, so DeepSpeed reads the directory that was checked."""
     pointer = "latest_universal" if _loads_universal_checkpoints(engine) else "latest"
+    return checked_tag(directory, pointer, weights_only)
+
+
+def checked_tag(directory: str, pointer: str, weights_only: bool | None) -> str:
+    """The tag that the file ``pointer`` (``latest``) of ``directory`` names, checked as ``trusted_tag`` says."""
     try:
         with open(os.path.join(directory, pointer)) as file:
             tag = file.read().strip()
@@ -243,12 +248,9 @@ def check_weights_only(tag_directory: str) -> None:
     ``UnsafeCheckpointError`` naming the first file that holds anything else than tensors, plain data and
     DeepSpeed's records (or lies outside ``tag_directory``), and ``ValueError`` naming a file that cannot be read."""
     files = [file for file in _files_inside(tag_directory) if file.endswith(".pt")]
-    already = torch.serialization.get_safe_globals()  # the user's own: left allowed when the check ends
-    records: list[Any] = [record for record in _deepspeed_records() if record not in already]
     for file in files:
         try:
-            with torch.serialization.safe_globals(records):
-                torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+            load_weights_only(file)
         except pickle.UnpicklingError as err:
             raise UnsafeCheckpointError(
                 f"Refusing to load the DeepSpeed checkpoint file {file!r}: it holds {refused_global(err)}, which is"
@@ -260,6 +262,14 @@ def check_weights_only(tag_directory: str) -> None:
             raise ValueError(
                 f"Could not read the DeepSpeed checkpoint file {file!r}: {type(err).__name__}: {err}"
             ) from err
+
+
+def load_weights_only(file: str) -> Any:
+    """``torch.load(file, weights_only=True)`` (memory-mapped when it can be) that also allows DeepSpeed's records."""
+    already = torch.serialization.get_safe_globals()  # the user's own: left allowed afterwards
+    records: list[Any] = [record for record in _deepspeed_records() if record not in already]
+    with torch.serialization.safe_globals(records):
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
 
 
 def _deepspeed_records() -> list[Callable[..., Any]]:

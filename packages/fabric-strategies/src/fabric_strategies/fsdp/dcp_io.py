@@ -110,6 +110,10 @@ def consolidate_sharded_checkpoint(
     state is keyed by parameter name, as ``torch.distributed.checkpoint.state_dict`` writes it. It is written
     atomically and reads back with ``torch.load(path, weights_only=True)``. Runs in one process, no process group
     needed; it holds the whole checkpoint in CPU memory.
+
+    A DeepSpeed checkpoint directory (ZeRO stage 1-3, DeepSpeed installed) gives the full fp32 weights under the
+    model's key and the plain entries saved with them; its optimizer state, partitioned in DeepSpeed's own layout,
+    is left out.
     """
     source = os.fspath(src_dir).rstrip("/\\")
     output = os.fspath(out_file) if out_file is not None else f"{source}.consolidated"
@@ -117,6 +121,11 @@ def consolidate_sharded_checkpoint(
         raise ValueError(f"The output file {output!r} would replace the checkpoint it is made from; choose another.")
     if os.path.isdir(output):
         raise ValueError(f"The output file {output!r} is an existing directory; choose a file path.")
-    state = read_sharded_checkpoint(source, weights_only=weights_only)
+    from fabric_strategies.deepspeed.consolidate import is_deepspeed_checkpoint, read_deepspeed_checkpoint
+
+    if is_deepspeed_checkpoint(source):
+        state = read_deepspeed_checkpoint(source, weights_only=weights_only)
+    else:
+        state = read_sharded_checkpoint(source, weights_only=weights_only)
     atomic_save(state, output)
     return output
