@@ -19,7 +19,7 @@ from fabric_accelerators import ACCELERATOR_REGISTRY, Accelerator
 from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO, TorchCheckpointIO
 from fabric_precision import Precision, precision_plugin
-from fabric_strategies.checkpoint import StateFilter, loading, restore_state, to_checkpoint
+from fabric_strategies.checkpoint import StateFilter, loading, read_checkpoint, restore_state, to_checkpoint
 from fabric_strategies.collectives.functional import local_reduce
 from fabric_strategies.init_context import SkipParameterInit
 from fabric_strategies.launchers.base import Launcher
@@ -357,7 +357,7 @@ class Strategy(ABC):
         defaults to True here, whatever the default of a custom checkpoint IO.
         """
         weights_only = True if weights_only is None else weights_only
-        checkpoint = self.checkpoint_io.load_checkpoint(path, map_location="cpu", weights_only=weights_only)
+        checkpoint = read_checkpoint(self, path, state, weights_only)  # a file, or a sharded directory read whole
         if isinstance(state, Module):
             with loading(path, state):
                 self.load_module_state_dict(state, checkpoint, strict=strict)
