@@ -161,7 +161,7 @@ class FabricModule(nn.Module):
             raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
         original = own["_original_module"]
         if name in own["_forward_methods"] or (
-            own["_forward_target"] is not original and _is_user_method(type(original), name)
+            own["_forward_target"] is not original and _is_user_method(type(original), name)  # type: ignore[arg-type]
         ):
             return self._redirected(name)
         return getattr(original, name)
