@@ -223,10 +223,14 @@ def _load_full_weights(rank: int, world_size: int, path: str) -> dict[str, bool]
     engine, _ = strategy.setup_module_and_optimizers(model, [torch.optim.SGD(model.parameters(), lr=0.1)])
     remainder = strategy.load_checkpoint(path, engine.module)
     loaded = _full_state(strategy, engine)
+    # a state without the engine (each process holds placeholders): one file, the weights gathered from both first
+    strategy.save_checkpoint(f"{path}.state_dict", {"model": engine.module.state_dict()})
+    saved = torch.load(f"{path}.state_dict", weights_only=True)["model"]
     strategy.teardown()
     return {
         "remainder_empty": remainder == {},
         **{name: torch.equal(loaded[name], value) for name, value in expected.items()},
+        **{f"saved {name}": torch.equal(saved[name], value) for name, value in expected.items()},
     }
 
 
@@ -265,8 +269,8 @@ def test_resume_from_a_checkpoint_is_bit_exact(checkpoint_runs: dict[str, Any], 
 
 
 @RunIf(deepspeed=True)
-def test_full_weights_load_into_a_zero3_partitioned_model(checkpoint_runs: dict[str, Any]) -> None:
+def test_full_weights_load_into_zero3_and_its_state_dict_saves_gathered(checkpoint_runs: dict[str, Any]) -> None:
     for ranks in checkpoint_runs["ranks"]:
         matches = ranks["full_weights"]
-        assert len(matches) == 5, matches
+        assert len(matches) == 9, matches
         assert all(matches.values()), matches
