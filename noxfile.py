@@ -4,6 +4,7 @@ nox -l                      list the sessions
 nox -s ci                   what CI runs (lint, dag, tests of every package, integration, build, demo)
 nox -s "tests(package='fabric-io')"
 nox -s tests_cuda tests_xla (opt-in: run the hardware-marked tests where the hardware exists)
+nox -s scale                (opt-in: the slow integration runs at world size 4-8, pytest marker `scale`)
 """
 
 from __future__ import annotations
@@ -189,6 +190,20 @@ def integration(session: nox.Session) -> None:
     # DeepSpeed checkpoints are part of the cross-package contract (untrusted-checkpoint tests)
     session.install("-c", CONSTRAINTS, "deepspeed>=0.14")
     ensure_slurm(session)  # the Slurm tests train with Fabric on a real cluster
+    run_integration_tests(session, "-m", "not scale")  # the slow world-size 4-8 runs are the `scale` session's
+
+
+@nox.session(default=False)
+def scale(session: nox.Session) -> None:
+    """Opt-in: the slow integration runs at world size 4-8 (pytest marker `scale`): failing and lost nodes of a
+    multi-node job, elastic restarts, FSDP hybrid and 2-D model-parallel meshes of 8 processes, DeepSpeed ZeRO-3
+    consolidation. About 7 minutes on a loaded 2-core machine."""
+    install_packages(session, ["fabric-core"], test_of="fabric-core")
+    session.install("-c", CONSTRAINTS, "deepspeed>=0.14")
+    run_integration_tests(session, "-m", "scale")
+
+
+def run_integration_tests(session: nox.Session, *selection: str) -> None:
     session.run(
         "python",
         "-m",
@@ -200,6 +215,7 @@ def integration(session: nox.Session) -> None:
         str(ROOT / "pyproject.toml"),
         "--hardware",
         "cpu",
+        *selection,
         *session.posargs,
     )
 
