@@ -1,7 +1,7 @@
 """``fabric.load`` of a sharded checkpoint under any strategy and world size (issue #15), from the user's side.
 
-Real processes over gloo write an FSDP checkpoint at world 2 (sharded, and a full file of the same state) and a
-ModelParallel one at world 2; a single device here, and FSDP at world 3, load them.
+Real processes over gloo write an FSDP checkpoint at world 2 (and a full file of its weights) and a
+ModelParallel one at world 2; a single device here, DDP at world 2 and FSDP at world 3 load them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 
 from fabric_core import Fabric
 from fabric_io import UnsafeCheckpointError
-from fabric_strategies import FSDPStrategy, ModelParallelStrategy
+from fabric_strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 from fabric_testing import PicklePayload, TinyMLP, run_processes
 
 TIMEOUT = timedelta(seconds=60)
@@ -91,6 +91,19 @@ def _load_at_world_3(rank: int, world_size: int, directory: str) -> dict[str, An
     return results if rank == 0 else {}
 
 
+def _load_with_ddp(rank: int, world_size: int, directory: str) -> dict[str, Any]:
+    fabric = Fabric(accelerator="cpu", devices=world_size, strategy=DDPStrategy(timeout=TIMEOUT))
+    fabric.launch()
+    model, optimizer = fabric.setup(*_model_and_optimizer(seed=1 + rank))  # DDP makes the replicas equal first
+    state = {"model": model, "optimizer": optimizer, "step": 0}
+    fabric.load(os.path.join(directory, "fsdp"), state)
+    names = [name for name, _ in model.named_parameters()]
+    by_name = {names[index]: value for index, value in optimizer.state_dict()["state"].items()}
+    result = copy.deepcopy({"step": state["step"], "model": model.state_dict(), "optimizer": by_name})
+    _train_step(fabric, model, optimizer, rank)
+    return result
+
+
 def _full(path: Path) -> dict[str, Any]:
     return torch.load(path, weights_only=True)
 
@@ -154,3 +167,11 @@ def test_a_single_device_load_of_a_sharded_directory_stays_restricted(tmp_path: 
     assert not marker.exists()
     fabric.load(tmp_path / "ckpt", {"model": model}, weights_only=False)  # trusted: the payload runs
     assert marker.exists()
+
+
+def test_ddp_processes_each_load_an_fsdp_checkpoint_whole(saved: Path) -> None:
+    reference = _full(saved / "reference-fsdp.pt")
+    for result in run_processes(_load_with_ddp, str(saved), world_size=2, init_process_group=False):
+        assert result["step"] == 5
+        torch.testing.assert_close(result["model"], reference["model"], atol=0, rtol=0)
+        _assert_same_optimizer_state(result["optimizer"], reference["optimizer"])
