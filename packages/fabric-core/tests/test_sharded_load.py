@@ -79,7 +79,7 @@ def _load_at_world_3(rank: int, world_size: int, directory: str) -> dict[str, An
     fabric = Fabric(accelerator="cpu", devices=world_size, strategy=FSDPStrategy(timeout=TIMEOUT))
     fabric.launch()
     results: dict[str, Any] = {}
-    for source in ("fsdp", "model_parallel", "full.pt"):
+    for source in ("fsdp", "model_parallel", "full.pt", "single.pt"):
         model, optimizer = fabric.setup(*_model_and_optimizer(seed=1))
         state: dict[str, Any] = {"model": model, "step": 0}
         if source != "full.pt":
@@ -113,6 +113,12 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("sharded")
     for kind in ("fsdp", "model_parallel"):
         run_processes(_save, str(directory), kind, world_size=2, init_process_group=False)
+    # what a single-device run saves: a full file whose optimizer state is numbered, not keyed by name
+    fabric = Fabric(accelerator="cpu", devices=1)
+    model, optimizer = fabric.setup(*_model_and_optimizer(seed=1))
+    state = {"model": model, "optimizer": optimizer, "step": 0}
+    fabric.load(directory / "fsdp", state)
+    fabric.save(directory / "single.pt", state)
     return directory
 
 
@@ -146,9 +152,10 @@ def test_a_single_device_loads_an_fsdp_checkpoint_written_by_two_processes(saved
         fabric.load_raw(saved / "fsdp", optimizer)
 
 
-def test_fsdp_at_world_3_loads_fsdp_and_model_parallel_checkpoints_of_world_2_and_a_full_file(saved: Path) -> None:
+def test_fsdp_at_world_3_loads_fsdp_and_model_parallel_checkpoints_of_world_2_and_full_files(saved: Path) -> None:
     results = run_processes(_load_at_world_3, str(saved), world_size=3, init_process_group=False)[0]
-    for source, written_by in (("fsdp", "fsdp"), ("model_parallel", "model_parallel"), ("full.pt", "fsdp")):
+    sources = {"fsdp": "fsdp", "model_parallel": "model_parallel", "full.pt": "fsdp", "single.pt": "fsdp"}
+    for source, written_by in sources.items():
         reference = _full(saved / f"reference-{written_by}.pt")
         loaded = results[source]
         assert loaded["step"] == 5

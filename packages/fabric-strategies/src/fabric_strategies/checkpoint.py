@@ -152,6 +152,24 @@ def _indexed_optimizer_state(saved: Mapping[str, Any], optimizer: Optimizer, mod
     }
 
 
+def named_optimizer_state(saved: Mapping[str, Any], optimizer: Optimizer, owner: Module) -> dict[str, Any]:
+    """An optimizer state in torch's own layout (parameters numbered in group order, as a single device or DDP saves
+    it) keyed by the parameter names of ``owner`` instead, the layout that sharded strategies load; a state already
+    keyed by name is returned as it is. The inverse of ``_indexed_optimizer_state``."""
+    groups = saved.get("param_groups", [])
+    if not any(isinstance(index, int) for group in groups for index in group["params"]):
+        return dict(saved)
+    names = {id(p): name for name, p in owner.named_parameters()}
+    name_of = dict(enumerate(names[id(p)] for group in optimizer.param_groups for p in group["params"]))
+    unknown = sorted({index for group in groups for index in group["params"]} - set(name_of))
+    if unknown:
+        raise KeyError(f"the checkpoint's optimizer has parameters {unknown}; this optimizer has {len(name_of)}")
+    return {
+        "state": {name_of[index]: value for index, value in saved.get("state", {}).items() if index in name_of},
+        "param_groups": [{**group, "params": [name_of[index] for index in group["params"]]} for group in groups],
+    }
+
+
 # what ``load_state_dict`` raises for a state that does not fit (torch: RuntimeError for keys and shapes, ValueError
 # and KeyError for optimizer groups); rebuilt with the same type and the added context. A subclass may take other
 # constructor arguments: it passes unchanged.

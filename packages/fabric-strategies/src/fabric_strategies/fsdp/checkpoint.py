@@ -29,7 +29,14 @@ from fabric_io import (
     read_sharded_metadata,
     save_sharded_checkpoint,
 )
-from fabric_strategies.checkpoint import MissingStateKeyError, StateFilter, check_filter, check_strict_keys, loading
+from fabric_strategies.checkpoint import (
+    MissingStateKeyError,
+    StateFilter,
+    check_filter,
+    check_strict_keys,
+    loading,
+    named_optimizer_state,
+)
 from fabric_strategies.fsdp.dcp_io import read_sharded_checkpoint, saved_paths, top_level_keys
 from fabric_utils import PathLike, Stateful
 
@@ -247,7 +254,7 @@ def _load_file(
     if isinstance(state, Optimizer):
         module = find_module(state, strategy.setup_modules)
         with loading(path, state):
-            load_optimizer_state(module, state, checkpoint, full=True)
+            load_optimizer_state(module, state, named_optimizer_state(checkpoint, state, module), full=True)
         return {}
     if not state:
         return checkpoint
@@ -258,5 +265,8 @@ def _load_file(
         value = remainder.pop(key)
         obj = state[key]
         owner = find_module(obj, [*modules, *strategy.setup_modules]) if isinstance(obj, Optimizer) else None
+        if owner is not None and isinstance(value, Mapping):  # a full file of a single device or DDP numbers them
+            with loading(path, key):
+                value = named_optimizer_state(value, obj, owner)
         _restore(state, key, value, owner, strict=strict, full=True, path=path)
     return remainder
