@@ -189,6 +189,7 @@ def integration(session: nox.Session) -> None:
     install_packages(session, ["fabric-core"], test_of="fabric-core")
     # DeepSpeed checkpoints are part of the cross-package contract (untrusted-checkpoint tests)
     session.install("-c", CONSTRAINTS, "deepspeed>=0.14")
+    session.install("-c", CONSTRAINTS, "transformers")  # Hugging Face models built from tiny configs (test_hf_models)
     ensure_slurm(session)  # the Slurm tests train with Fabric on a real cluster
     run_integration_tests(session, "-m", "not scale")  # the slow world-size 4-8 runs are the `scale` session's
 

@@ -10,7 +10,8 @@ full parameters of one module at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -32,20 +33,27 @@ def materialize_module(module: Module, device: torch.device) -> list[str]:
     own parameters or buffers but define no ``reset_parameters()`` (their values are left uninitialised).
     """
     module.to_empty(device=device)
+    # a Hugging Face model initialises, with its _init_weights(submodule), what has no reset_parameters(): norms and
+    # the rotary embedding's buffers (not in the state dict: loading a checkpoint would not fill them)
+    init_weights = getattr(module, "_init_weights", None)
     uninitialised = []
     for name, submodule in module.named_modules():
         owns_tensors = any(True for _ in submodule.parameters(recurse=False)) or any(
             True for _ in submodule.buffers(recurse=False)
         )
-        if not callable(getattr(submodule, "reset_parameters", None)):
-            if owns_tensors:
+        reset = getattr(submodule, "reset_parameters", None)
+        if not callable(reset):
+            if not owns_tensors:
+                continue
+            if not callable(init_weights):
                 uninitialised.append(name or "<root>")
-            continue
-        _reset_with_full_tensors(submodule)
+                continue
+            reset = functools.partial(init_weights, submodule)
+        _reset_with_full_tensors(submodule, reset)
     return uninitialised
 
 
-def _reset_with_full_tensors(module: Module) -> None:
+def _reset_with_full_tensors(module: Module, reset: Callable[[], Any]) -> None:
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     sharded: dict[str, Any] = {name: p for name, p in module._parameters.items() if isinstance(p, DTensor)}
@@ -54,7 +62,7 @@ def _reset_with_full_tensors(module: Module) -> None:
         module._parameters[name] = Parameter(full, requires_grad=parameter.requires_grad)
     try:
         with torch.no_grad():
-            module.reset_parameters()  # type: ignore[operator]
+            reset()
         full_values = {name: module._parameters[name] for name in sharded}
     finally:
         module._parameters.update(sharded)

@@ -64,7 +64,9 @@ class FSDPStrategy(ShardedStrategy):
             ``CPUOffloadPolicy``); the optimizer step then runs on the CPU.
         mixed_precision: a ``MixedPrecisionPolicy`` to use instead of the precision plugin's.
         auto_wrap_policy: which submodules become their own FSDP unit (all-gathered and freed on their own): a set
-            of module classes, or a callable ``(module) -> bool``. The root module is always sharded, last.
+            of module classes, or a callable ``(module) -> bool``. The root module is always sharded, last. Left
+            at None, the classes the model names in ``_no_split_modules`` are chosen (a Hugging Face model's decoder
+            layers), else none.
         activation_checkpointing_policy: the submodules whose activations are recomputed in backward instead of
             kept (a set of classes or a callable, as above).
         sharding_strategy: "FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD" or "HYBRID_SHARD" (torch's

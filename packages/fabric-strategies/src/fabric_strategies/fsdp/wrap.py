@@ -51,12 +51,26 @@ def resolve_policy(policy: ModulePolicy | type[Module] | None, name: str) -> Cal
 
 
 def wrap_targets(root: Module, policy: Callable[[Module], bool] | None) -> list[Module]:
-    """The submodules of ``root`` (not ``root`` itself) that ``policy`` selects, every module after its descendants."""
+    """The submodules of ``root`` (not ``root`` itself) that ``policy`` selects, every module after its descendants.
+
+    Without a policy, the classes that ``root`` names in ``_no_split_modules`` (Hugging Face models list their decoder
+    layers there) are selected; a model without that attribute gets none.
+    """
     if policy is None:
-        return []
+        policy = _no_split_policy(root)
+        if policy is None:
+            return []
     # named_modules() is a pre-order walk (each module before its descendants); reversed, descendants come first
     modules = [module for _, module in root.named_modules()][1:]
     return [module for module in reversed(modules) if policy(module)]
+
+
+def _no_split_policy(root: Module) -> Callable[[Module], bool] | None:
+    names = getattr(root, "_no_split_modules", None)
+    if not isinstance(names, (set, frozenset, list, tuple)) or not names:
+        return None
+    names = frozenset(name for name in names if isinstance(name, str))
+    return lambda module: type(module).__name__ in names
 
 
 class _CheckpointedForward:
