@@ -134,7 +134,7 @@ def _open_for_load(path: PathLike, storage_options: dict[str, Any]) -> str | io.
         if os.path.isdir(target):
             raise ValueError(
                 f"Checkpoint path {os.fspath(path)!r} is a directory, not a checkpoint file. A sharded checkpoint "
-                "directory is loaded by the strategy that wrote it (see fabric_io.load_sharded_checkpoint)."
+                "directory is read with fabric.load under any strategy, or fabric_io.load_sharded_checkpoint."
             )
         if not os.path.exists(target):
             raise FileNotFoundError(f"Checkpoint file not found: {os.fspath(path)!r}")
