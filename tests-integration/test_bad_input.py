@@ -261,6 +261,8 @@ METHOD_CASES: list[tuple[str, Callable[[Context], Any], type[Exception], str]] =
         ValueError,
         "The SGD optimizer is passed twice",
     ),
+    ("call a hook by number", lambda c: c.fabric.call(5), TypeError, "got 5 of type int"),
+    ("call a hook by sentence", lambda c: c.fabric.call("on train end"), ValueError, "got 'on train end'"),
 ]
 
 

@@ -111,6 +111,11 @@ class HookCaller:
         return accepted
 
     def call(self, callbacks: list[Any], hook_name: str, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(hook_name, str) or not hook_name.isidentifier():
+            raise (ValueError if isinstance(hook_name, str) else TypeError)(
+                f"fabric.call(hook_name=...) takes the name of a callback method such as 'on_train_epoch_end', "
+                f"got {hook_name!r}" + ("" if isinstance(hook_name, str) else f" of type {type(hook_name).__name__}")
+            )
         for callback in callbacks:
             hook = getattr(callback, hook_name, None)
             if hook is None:
