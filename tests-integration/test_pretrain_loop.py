@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn import functional
 
 from fabric_core import Fabric, ThroughputMonitor
 from fabric_strategies import FSDPStrategy
@@ -36,7 +36,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.attn(self.norm_1(x)).view(b, t, 3, HEADS, c // HEADS).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, c)
+        y = functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, c)
         x = x + self.proj(y)
         return x + self.mlp(self.norm_2(x))
 
@@ -110,7 +110,7 @@ def _pretrain(rank: int, world_size: int, out_dir: str, resume: bool) -> dict[st
         x, y = get_batch(state["iter_num"], rank)
         with fabric.no_backward_sync(model, enabled=is_accumulating):
             logits = model(x)
-            loss = F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
+            loss = functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
             fabric.backward(loss / ACCUMULATE)
         state["iter_num"] += 1
         monitor.update(
@@ -136,7 +136,8 @@ def test_pretraining_loop_resumes_from_the_last_checkpoint(tmp_path: Path) -> No
     logged = uninterrupted["logged"]
     assert [step for _, step in logged] == list(range(1, MAX_ITERS + 1))
     # after the window fills, the monitor reports throughput across both processes
-    assert logged[-1][0]["samples_per_sec"] > 0 and "device/samples_per_sec" in logged[-1][0]
+    assert logged[-1][0]["samples_per_sec"] > 0
+    assert "device/samples_per_sec" in logged[-1][0]
 
     (full / "step-0006.ckpt").unlink()  # as if the run had stopped after step 3
     resumed = run_processes(_pretrain, str(full), True, init_process_group=False, timeout=200)[0]
