@@ -21,6 +21,7 @@ from fabric_strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 from fabric_testing import TinyMLP, run_processes
 
 STEPS = 3
+pytestmark = pytest.mark.timeout(300)
 
 
 class CountingBackend:
