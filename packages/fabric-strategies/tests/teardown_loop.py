@@ -5,6 +5,8 @@
 Modes:
   fabric          DDPStrategy + SubprocessScriptLauncher, the script calls ``strategy.teardown()``
   fabric-atexit   the same, but the script never tears down: the strategy's exit hook does it
+  fabric-user-destroy  the same, but the script ends with ``barrier()`` and ``destroy_process_group()`` of its own,
+                  as plain PyTorch scripts do: the exit hook then releases the DDP wrappers that still hold the group
   raw             plain torch: two processes, gloo, DistributedDataParallel, ``destroy_process_group()`` at the end
                   (the baseline: with torch 2.13 + gloo some runs die with SIGABRT, "terminate called without an
                   active exception")
@@ -54,7 +56,7 @@ FABRIC_SCRIPT = STARVE + textwrap.dedent(
     import torch
     from fabric_strategies import DDPStrategy
 
-    teardown = sys.argv[1] == "teardown"
+    ending = sys.argv[1]
     strategy = DDPStrategy(parallel_devices=[torch.device("cpu")] * 2, timeout=timedelta(seconds=60))
     strategy.complete()
 
@@ -71,8 +73,13 @@ FABRIC_SCRIPT = STARVE + textwrap.dedent(
             strategy.backward(loss, model)
             strategy.optimizer_step(optimizer)
             optimizer.zero_grad()
-        if teardown:
+        if ending == "teardown":
             strategy.teardown()
+        if ending == "user-destroy":
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
         return model  # the wrapper stays referenced until interpreter exit, as in a user's script
 
     launcher = strategy.launcher
@@ -131,10 +138,10 @@ def _base_env() -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in drop}, **_ADVERSARIAL}
 
 
-def _fabric_run(script: str, teardown: bool) -> list[tuple[int, str]]:
+def _fabric_run(script: str, ending: str) -> list[tuple[int, str]]:
     """One run: the launcher re-runs the script for rank 1; the parent reports a child's abort as a failure."""
     proc = subprocess.run(
-        [sys.executable, script, "teardown" if teardown else "forget"],
+        [sys.executable, script, ending],
         capture_output=True,
         text=True,
         timeout=300,
@@ -172,7 +179,8 @@ def _classify(outcomes: list[tuple[int, str]], tally: Tally, index: int) -> None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--mode", nargs="+", choices=("fabric", "fabric-atexit", "raw"), default=["fabric", "raw"])
+    modes = ("fabric", "fabric-atexit", "fabric-user-destroy", "raw")
+    parser.add_argument("--mode", nargs="+", choices=modes, default=["fabric", "raw"])
     parser.add_argument("--adversarial", action="store_true", help="starve gloo's worker threads of CPU")
     args = parser.parse_args()
     _ADVERSARIAL["TEARDOWN_LOOP_ADVERSARIAL"] = "1" if args.adversarial else "0"
@@ -191,7 +199,8 @@ def main() -> int:
                 if mode == "raw":
                     outcomes = _raw_run(raw_script)
                 else:
-                    outcomes = _fabric_run(fabric_script, teardown=mode == "fabric")
+                    endings = {"fabric": "teardown", "fabric-atexit": "forget", "fabric-user-destroy": "user-destroy"}
+                    outcomes = _fabric_run(fabric_script, endings[mode])
                 _classify(outcomes, tally, index)
             label = f"{mode} (adversarial)" if args.adversarial else mode
             print(

@@ -32,6 +32,7 @@ EXPECTED = {
     "TorchCollective",
     "all_gather_tensor",
     "all_reduce_tensor",
+    "call_at_exit",
     "default_process_group_backend",
     "destroy_process_group_cleanly",
     "gather_all_tensors",

@@ -93,45 +93,73 @@ def test_a_peer_waiting_in_a_collective_fails_fast_after_a_ddp_group_was_torn_do
 EXIT_SCRIPT = textwrap.dedent(
     """
     import atexit
+    import sys
     from datetime import timedelta
     import torch
     import torch.distributed as dist
-    from fabric_strategies import DDPStrategy
+    from fabric_strategies import DDPStrategy, call_at_exit
 
     holder = {}
-    # registered first, so it runs after the strategy's exit hook
-    atexit.register(lambda: print("at exit: initialized", dist.is_initialized(),
-                                  "reducer", hasattr(holder["model"], "reducer"), flush=True))
+
+    def report(when):
+        print(when, "initialized", dist.is_initialized(), "reducer", hasattr(holder["model"], "reducer"), flush=True)
+
+    # registered before the strategy's exit teardown, so it runs after it
+    call_at_exit(report, "after the exit teardown:")
+    # the script's own exit handler runs before the exit teardown (whatever the order of registration)
+    atexit.register(report, "in the script's exit handler:")
+    if sys.argv[1] == "destroy-in-atexit":
+        atexit.register(dist.destroy_process_group)  # as plain PyTorch scripts do; it runs before report
     strategy = DDPStrategy(parallel_devices=[torch.device("cpu")], timeout=timedelta(seconds=20))
     strategy.complete()
     strategy.setup_environment()
     holder["model"] = strategy.setup_module(torch.nn.Linear(2, 2))
     holder["model"](torch.ones(1, 2)).sum().backward()
-    # no teardown: the user forgot it
+    # no teardown: the user forgot it (or left the process group to an exit handler of the script)
     """
 )
 
 
-def test_a_forgotten_teardown_happens_at_interpreter_exit(tmp_path):
+def _run_exit_script(tmp_path: Path, ending: str) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "forgot.py"
     script.write_text(EXIT_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_PORT")}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run([sys.executable, str(script), ending], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_a_forgotten_teardown_happens_at_interpreter_exit_after_the_scripts_exit_handlers(tmp_path):
+    proc = _run_exit_script(tmp_path, "forget")
     assert proc.returncode == 0, proc.stderr
-    assert "at exit: initialized False reducer False" in proc.stdout
+    assert "in the script's exit handler: initialized True reducer True" in proc.stdout
+    assert "after the exit teardown: initialized False reducer False" in proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_group_destroyed_in_an_exit_handler_of_the_script_is_left_to_it(tmp_path):
+    # before the exit teardown ran after the script's exit handlers, destroy_process_group() failed there ("Exception
+    # ignored in atexit callback ... AssertionError: Process group cannot be None")
+    proc = _run_exit_script(tmp_path, "destroy-in-atexit")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    # the wrapper still reached the destroyed group: the exit teardown released it
+    assert "in the script's exit handler: initialized False reducer True" in proc.stdout
+    assert "after the exit teardown: initialized False reducer False" in proc.stdout
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="needs Linux scheduling policies")
-def test_two_process_runs_exit_cleanly_even_with_starved_gloo_workers():
-    # with the gloo workers starved of CPU most plain-torch runs abort at exit (see teardown_loop.py --mode raw)
+@pytest.mark.parametrize("mode", ["fabric-atexit", "fabric-user-destroy"])
+def test_two_process_runs_exit_cleanly_even_with_starved_gloo_workers(mode):
+    # with the gloo workers starved of CPU most plain-torch runs abort at exit (see teardown_loop.py --mode raw);
+    # fabric-user-destroy: the script destroys the group itself while a starved worker still holds its last work, and
+    # the exit hook then destroys the group for good by releasing the DDP wrapper (issue #20)
     proc = subprocess.run(
-        [sys.executable, str(LOOP_SCRIPT), "--runs", "2", "--mode", "fabric-atexit", "--adversarial"],
+        [sys.executable, str(LOOP_SCRIPT), "--runs", "2", "--mode", mode, "--adversarial"],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "fabric-atexit (adversarial): 2 runs, 0 aborted, 0 other failures" in proc.stdout
+    assert f"{mode} (adversarial): 2 runs, 0 aborted, 0 other failures" in proc.stdout
 
 
 @RunIf(standalone=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import functools
 import reprlib
 import weakref
@@ -35,7 +34,7 @@ from fabric_core.validation import (
     check_setup_optimizers,
 )
 from fabric_core.wrappers import FabricModule, FabricOptimizer, is_wrapped, unwrap
-from fabric_strategies import Strategy, SubprocessScriptLauncher
+from fabric_strategies import Strategy, SubprocessScriptLauncher, call_at_exit
 from fabric_utils import (
     Logger,
     PathLike,
@@ -192,8 +191,9 @@ class Fabric:
         self._environment_ready = True
         rank_zero_only.rank = self.global_rank
         self._preemption.start(self._cluster_environment.preemption_signals())  # e.g. Slurm's SIGUSR1
-        # finish pending work (e.g. an asynchronous checkpoint save) and leave the process group cleanly at exit
-        atexit.register(_teardown_at_exit, weakref.ref(self._strategy))
+        # finish pending work (e.g. an asynchronous checkpoint save) and leave the process group cleanly at exit, after
+        # the script's own atexit handlers (one of them may destroy the process group itself)
+        call_at_exit(_teardown_at_exit, weakref.ref(self._strategy))
 
     def _ensure_launched(self) -> None:
         if self._environment_ready:

@@ -25,7 +25,7 @@ from fabric_strategies.process_group import DEFAULT_TIMEOUT, default_process_gro
 from fabric_strategies.registry import STRATEGY_REGISTRY, resolve_strategy_name
 from fabric_strategies.shared_filesystem import is_shared_filesystem
 from fabric_strategies.single_device import SingleDeviceStrategy
-from fabric_strategies.teardown import destroy_process_group_cleanly, release_ddp_wrapper
+from fabric_strategies.teardown import call_at_exit, destroy_process_group_cleanly, release_ddp_wrapper
 
 if TYPE_CHECKING:
     from fabric_strategies.deepspeed import DeepSpeedConfig, DeepSpeedStrategy
@@ -100,6 +100,7 @@ __all__ = [
     "XLAStrategy",
     "all_gather_tensor",
     "all_reduce_tensor",
+    "call_at_exit",
     "consolidate_sharded_checkpoint",
     "default_process_group_backend",
     "destroy_process_group_cleanly",

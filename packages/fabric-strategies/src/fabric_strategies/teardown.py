@@ -19,15 +19,20 @@ waiting for the collective timeout. That only happens when the last reference to
 imported. Building a ``DistributedDataParallel`` wrapper imports it (through ``torch._dynamo``), so if that happens
 while a group exists the group stays referenced from those defaults for the rest of the process. Importing it here,
 before any strategy creates a group, binds ``None`` (meaning "the default group at call time") instead.
+
+A script may end its process group itself (``torch.distributed.destroy_process_group()`` at its end, or in an
+``atexit`` handler of its own), as scripts written for plain PyTorch do. So the exit teardown runs after the script's
+``atexit`` handlers (``call_at_exit``), and copes with a group that the script destroyed: the DDP wrappers still hold
+such a group, and releasing them destroys it then.
 """
 
 from __future__ import annotations
 
-import atexit
 import gc
 import os
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch.distributed as dist
@@ -141,11 +146,29 @@ def _teardown_at_exit() -> None:
         destroy_process_group_cleanly()
 
 
+class _UntilExit:
+    """The type of an object that lives until the interpreter exits: exit callbacks are its finalizers."""
+
+
+_UNTIL_EXIT = _UntilExit()
+
+
+def call_at_exit(function: Callable[..., object], *args: object) -> None:
+    """Call ``function(*args)`` once when the interpreter exits, after the ``atexit`` handlers of the script.
+
+    ``weakref.finalize`` calls its exit callbacks from one ``atexit`` handler that Python registers with the first
+    finalizer, and ``import torch`` creates one: so every ``atexit`` handler registered after torch was imported (any
+    handler that a script registers to leave its process group) runs before these callbacks. Callbacks registered here
+    run while the interpreter is intact, the latest registered first.
+    """
+    weakref.finalize(_UNTIL_EXIT, function, *args)
+
+
 def register_exit_teardown() -> None:
     """Make sure the process group is destroyed cleanly at interpreter exit even if nobody calls ``teardown()``."""
     global _exit_hook_registered
     if not _exit_hook_registered:
-        atexit.register(_teardown_at_exit)
+        call_at_exit(_teardown_at_exit)
         _exit_hook_registered = True
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from fabric_strategies.launchers.process_control import (
     shorten,
     stop_processes,
 )
+from fabric_strategies.teardown import call_at_exit
 
 
 def process_variables(
@@ -152,7 +152,7 @@ class SubprocessScriptLauncher(Launcher):
         self.observer = ChildObserver(self.procs, self.on_child_failure, reports=reports)
         self.observer.start()
         self._watch_main_failure()
-        atexit.register(self.finish)
+        call_at_exit(self.finish)  # after the exit teardown, which is registered later: children fail fast then
 
     def _watch_main_failure(self) -> None:
         original = sys.excepthook
