@@ -13,7 +13,8 @@
 
 ``--busy N`` keeps N extra processes spinning on the CPUs during the loop (oversubscription widens the races at
 exit). A run that has not ended after ``--watchdog`` seconds is a hang: every rank's Python and native stacks are
-dumped (py-spy, when installed, and faulthandler through SIGUSR1) into ``--stacks-dir`` before torchrun is killed.
+dumped (py-spy and gdb, where installed, and faulthandler through SIGUSR1) into ``--stacks-dir`` before torchrun is
+killed.
 A run whose torchrun exits non-zero, or whose output says "terminate called", is an abort; one that exits 0 but printed
 a traceback (e.g. "Exception ignored in atexit callback") or no result is an error.
 Exit status: 1 if a fabric variant had a hang, an abort or an error, else 0.
@@ -124,8 +125,10 @@ def _free_port() -> int:
 
 
 def _dump_stacks(pid_dir: Path, out: Path) -> None:
-    """Write py-spy's Python + native stacks of every rank to ``out``; ask each rank for a faulthandler dump too."""
+    """Write every rank's stacks to ``out``: py-spy (Python threads, with their native frames) and gdb (every thread,
+    gloo's workers included), where installed; ask each rank for a faulthandler dump too."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    gdb = shutil.which("gdb")
     with out.open("w") as f:
         for pid_file in sorted(pid_dir.iterdir()):
             pid = int(pid_file.read_text())
@@ -133,6 +136,9 @@ def _dump_stacks(pid_dir: Path, out: Path) -> None:
             f.flush()
             if os.path.exists(py_spy):
                 subprocess.run([py_spy, "dump", "--native", "--pid", str(pid)], stdout=f, stderr=f, timeout=60)
+            if gdb is not None:
+                command = [gdb, "-p", str(pid), "-batch", "-ex", "thread apply all bt"]
+                subprocess.run(command, stdout=f, stderr=subprocess.DEVNULL, timeout=120)
             try:
                 os.kill(pid, signal.SIGUSR1)  # faulthandler writes to the rank's stderr (the run's output)
             except ProcessLookupError:
