@@ -263,6 +263,9 @@ METHOD_CASES: list[tuple[str, Callable[[Context], Any], type[Exception], str]] =
     ),
     ("call a hook by number", lambda c: c.fabric.call(5), TypeError, "got 5 of type int"),
     ("call a hook by sentence", lambda c: c.fabric.call("on train end"), ValueError, "got 'on train end'"),
+    ("log a number as name", lambda c: c.fabric.log(5, 1.0), TypeError, "got 5 of type int"),
+    ("log_dict a list", lambda c: c.fabric.log_dict([("loss", 1.0)]), TypeError, "got list"),
+    ("log_dict step str", lambda c: c.fabric.log_dict({"loss": 1.0}, step="3"), TypeError, "got '3' of type str"),
 ]
 
 

@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator, Sized
 from typing import Any
 
+import torch
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -28,7 +29,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from fabric_utils import seed_worker
+from fabric_utils import apply_to_collection, seed_worker
 
 SEED_ENV = "FABRIC_GLOBAL_SEED"
 SEED_WORKERS_ENV = "FABRIC_SEED_WORKERS"
@@ -213,3 +214,8 @@ def add_worker_seeding(loader: DataLoader, rank: int) -> None:  # type: ignore[t
     if os.environ.get(SEED_WORKERS_ENV) != "1" or loader.worker_init_fn is not None or loader.num_workers == 0:
         return
     loader.worker_init_fn = functools.partial(seed_worker, rank=rank)
+
+
+def numbers_to_tensors(data: Any, device: torch.device) -> Any:
+    """Every int and float in ``data`` (not bools) as a tensor on ``device``, so collectives can send it."""
+    return apply_to_collection(data, (int, float), lambda x: torch.tensor(x, device=device), wrong_dtype=bool)

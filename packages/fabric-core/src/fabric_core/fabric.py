@@ -18,7 +18,7 @@ from fabric_accelerators import Accelerator
 from fabric_core.callbacks import HookCaller, collect_callbacks
 from fabric_core.compile import Compilation, split_compiled
 from fabric_core.connector import AcceleratorFlag, Plugin, StrategyFlag, build, is_interactive, resolve_plan
-from fabric_core.data import add_worker_seeding, global_seed, inject_distributed_sampler
+from fabric_core.data import add_worker_seeding, global_seed, inject_distributed_sampler, numbers_to_tensors
 from fabric_core.loader import FabricDataLoader
 from fabric_core.preemption import Preemption, SignalLike
 from fabric_core.validation import (
@@ -27,13 +27,14 @@ from fabric_core.validation import (
     check_clip_arguments,
     check_filter,
     check_loggers,
+    check_metrics,
     check_optimizers_own_parameters,
     check_optional_bool,
     check_path_first,
     check_setup_module,
     check_setup_optimizers,
 )
-from fabric_core.wrappers import FabricModule, FabricOptimizer, is_wrapped, unwrap
+from fabric_core.wrappers import FabricModule, FabricOptimizer, is_wrapped, unwrap, unwrap_state
 from fabric_strategies import Strategy, SubprocessScriptLauncher, call_at_exit
 from fabric_utils import (
     Logger,
@@ -287,7 +288,7 @@ class Fabric:
         self._models_setup += 1
         self._backward_module = module if self._models_setup == 1 else None
         if hasattr(original, "_fabric"):  # LightningModule protocol: its self.log / self.fabric reach this Fabric
-            original._fabric = self
+            original._fabric = self  # type: ignore[assignment]  # nn.Module's __getattr__ types it as a tensor
         compiled = compilation.apply(module) if compilation is not None else None
         return FabricModule(module, self._precision, original_module=original, compiled_module=compiled)
 
@@ -375,14 +376,14 @@ class Fabric:
         a tensor whose shape differs comes back as a list of each process's; with one process, no dimension is added."""
         check_bool("all_gather", sync_grads=sync_grads)
         self._ensure_launched()
-        data = _numbers_to_tensors(data, self.device)
+        data = numbers_to_tensors(data, self.device)
         return apply_to_collection(data, torch.Tensor, self._strategy.all_gather, group=group, sync_grads=sync_grads)
 
     def all_reduce(self, data: Any, group: Any | None = None, reduce_op: Any = "mean") -> Any:
         """Reduce a tensor (or each tensor of a collection) across processes with ``reduce_op``."""
         check_reduce_op(reduce_op)
         self._ensure_launched()
-        data = _numbers_to_tensors(data, self.device)
+        data = numbers_to_tensors(data, self.device)
         return apply_to_collection(data, torch.Tensor, self._strategy.all_reduce, group=group, reduce_op=reduce_op)
 
     def rank_zero_first(self, local: bool = False) -> AbstractContextManager[None]:
@@ -425,7 +426,7 @@ class Fabric:
             )
         check_filter(filter, state)
         self._ensure_launched()
-        self._strategy.save_checkpoint(path, _unwrap_state(state), filter=filter)
+        self._strategy.save_checkpoint(path, unwrap_state(state), filter=filter)
         self._strategy.barrier()
 
     def load(
@@ -444,7 +445,7 @@ class Fabric:
         check_bool("load", strict=strict)
         check_optional_bool("load", weights_only=weights_only)
         self._ensure_launched()
-        unwrapped = _unwrap_state(state) if state is not None else None
+        unwrapped = unwrap_state(state) if state is not None else None
         remainder = self._strategy.load_checkpoint(path, unwrapped, strict=strict, weights_only=weights_only)
         self._strategy.barrier()
         if state is not None and unwrapped is not None:
@@ -477,6 +478,7 @@ class Fabric:
 
     def log_dict(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log several metrics to every logger (one-element tensors become numbers)."""
+        check_metrics(metrics, step)
         if not self._loggers:
             return
         metrics = convert_tensors_to_scalars(dict(metrics))
@@ -498,11 +500,3 @@ def _teardown_at_exit(strategy_ref: weakref.ref[Strategy]) -> None:
     strategy = strategy_ref()
     if strategy is not None:
         strategy.teardown()
-
-
-def _unwrap_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: unwrap(value) for key, value in state.items()}
-
-
-def _numbers_to_tensors(data: Any, device: torch.device) -> Any:
-    return apply_to_collection(data, (int, float), lambda x: torch.tensor(x, device=device), wrong_dtype=bool)

@@ -50,6 +50,17 @@ def check_clip_arguments(clip_val: Any, max_norm: Any, norm_type: Any, error_if_
     check_bool("clip_gradients", error_if_nonfinite=error_if_nonfinite)
 
 
+def check_metrics(metrics: Any, step: Any) -> None:
+    """``fabric.log``/``log_dict``: metrics are a mapping from names (str) to values; ``step`` is an int or None."""
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"fabric.log_dict(metrics=...) takes a dict of name -> value, got {type(metrics).__name__}")
+    for name in metrics:
+        if not isinstance(name, str):
+            raise TypeError(f"A metric name must be a str, got {name!r} of type {type(name).__name__}")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        raise TypeError(f"step must be an int or None, got {step!r} of type {type(step).__name__}")
+
+
 def check_loggers(loggers: Any) -> list[Logger]:
     """``loggers``: None, one logger or a list/tuple of them; each implements the ``fabric_utils.Logger`` protocol."""
     if loggers is None:

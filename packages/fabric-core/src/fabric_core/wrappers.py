@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -312,3 +312,8 @@ def unwrap(obj: Any) -> Any:
     if isinstance(obj, FabricOptimizer):
         return obj.optimizer
     return obj
+
+
+def unwrap_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` (a checkpoint's top level) with every set-up module and optimizer replaced by the original."""
+    return {key: unwrap(value) for key, value in state.items()}
