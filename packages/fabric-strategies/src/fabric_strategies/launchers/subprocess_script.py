@@ -178,7 +178,9 @@ class SubprocessScriptLauncher(Launcher):
             if (code is not None and code != 0) or (code is None and is_exiting(proc.pid)):
                 self._failed_before_main += [] if rank in self._failed_before_main else [rank]
         if not self._failed_before_main:
-            self._failed_before_main = self._children_ending_badly(_EXIT_GRACE)
+            # a peer that closed its connections has left its script: on a busy machine it can take seconds to end
+            lost_peer = any(sign in str(error) for sign in _PEER_LEFT)
+            self._failed_before_main = self._children_ending_badly(_PEER_LEFT_GRACE if lost_peer else _EXIT_GRACE)
 
     def _children_ending_badly(self, grace: float) -> list[int]:
         """Children that end with a non-zero status within ``grace`` seconds, without having been stopped.
@@ -268,3 +270,6 @@ def _one_line(error: BaseException | None) -> str:
 _REPORT_TIMEOUT = 30.0  # stopping the others takes a few seconds; never wait forever for a report
 _QUIET_WAIT = 2.0  # at a normal end, how long to wait for the children before saying so
 _EXIT_GRACE = 1.5  # a child that made this process fail by leaving its script ends within this time
+# how gloo words an error caused by a peer that tore its process group down, and how long such a peer may take to end
+_PEER_LEFT = ("Connection closed by peer", "Connection reset by peer")
+_PEER_LEFT_GRACE = 10.0
