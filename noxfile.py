@@ -46,12 +46,12 @@ PACKAGES: dict[str, list[str]] = {
         "fabric-io",
         "fabric-precision",
         "fabric-strategies",
+        "fabric-loggers",
     ],
     "fabric-testing": ["fabric-utils"],
 }
 # extra sibling packages a package's tests need (declared in its `test` extra)
 TEST_SIBLINGS: dict[str, list[str]] = {name: ["fabric-testing"] for name in PACKAGES if name != "fabric-testing"}
-TEST_SIBLINGS["fabric-core"] = ["fabric-testing", "fabric-loggers"]
 
 nox.options.sessions = ["ci"]
 nox.options.reuse_existing_virtualenvs = False
