@@ -1,29 +1,36 @@
-"""``fabric env``: what a bug report needs -- versions, hardware, the detected cluster environment, fabric packages."""
+"""``fabric env``: a report to paste into a bug report -- fabric's packages, the machine, torch's CUDA build, hardware,
+the detected cluster environment, the distributed environment variables and every optional library's version."""
 
 from __future__ import annotations
 
 import json
-import platform
-import sys
-from importlib.metadata import distributions
 from typing import Any
 
 import click
 
+from fabric_core.cli.env_report import (
+    distributed_variables,
+    fabric_distributions,
+    fabric_script,
+    library_versions,
+    render_markdown,
+    system_facts,
+    torch_build,
+)
+
 
 def collect_environment() -> dict[str, Any]:
-    """Versions, detected hardware, the cluster environment and the installed fabric distributions."""
+    """Everything ``fabric env`` reports, as plain JSON-ready data (``None`` where a thing is absent)."""
     import torch
 
     from fabric_accelerators import ACCELERATOR_REGISTRY
     from fabric_environments import detect_environment
-    from fabric_utils import cpu_count, cuda_device_count, mps_available, xla_available, xla_device_count
+    from fabric_utils import cuda_device_count, mps_available, xla_available, xla_device_count
 
     cuda_count = cuda_device_count()
     hardware: dict[str, Any] = {
-        "cpu_count": cpu_count(),
         "cuda_devices": cuda_count,
-        "cuda_device_names": [torch.cuda.get_device_name(i) for i in range(cuda_count)] if cuda_count else [],
+        "cuda_device_details": [_cuda_device(torch.cuda.get_device_properties(i)) for i in range(cuda_count)],
         "mps_available": mps_available(),
         "xla_available": xla_available(),
         "xla_devices": _safe(xla_device_count, 0) if xla_available() else 0,
@@ -34,10 +41,9 @@ def collect_environment() -> dict[str, Any]:
         accelerators[name] = bool(_safe(getattr(cls, "is_available", lambda: False), False))
     environment = detect_environment()
     return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
+        "fabric_packages": fabric_distributions(),
+        "system": system_facts(),
+        "torch": torch_build(),
         "hardware": hardware,
         "accelerators_available": accelerators,
         "cluster_environment": {
@@ -46,8 +52,15 @@ def collect_environment() -> dict[str, Any]:
             "world_size": _safe(environment.world_size, None),
             "global_rank": _safe(environment.global_rank, None),
         },
-        "fabric_packages": _fabric_distributions(),
+        "environment_variables": distributed_variables(),
+        "libraries": library_versions(),
+        "fabric_script": fabric_script(),
     }
+
+
+def _cuda_device(properties: Any) -> str:
+    memory = properties.total_memory / 2**30
+    return f"{properties.name} (compute {properties.major}.{properties.minor}, {memory:.1f} GiB)"
 
 
 def _safe(function: Any, default: Any) -> Any:
@@ -57,29 +70,14 @@ def _safe(function: Any, default: Any) -> Any:
         return default
 
 
-def _fabric_distributions() -> dict[str, str]:
-    found = {}
-    for dist in distributions():
-        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
-        if name.startswith("fabric-"):
-            found[name] = dist.version
-    return dict(sorted(found.items()))
-
-
-def _lines(data: dict[str, Any], indent: str = "") -> list[str]:
-    lines = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            lines.append(f"{indent}{key}:")
-            lines.extend(_lines(value, indent + "  ") if value else [f"{indent}  (none)"])
-        else:
-            lines.append(f"{indent}{key}: {value}")
-    return lines
-
-
-@click.command(short_help="Print versions, hardware and the cluster environment.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.command(short_help="Print a report for bug reports: versions, machine, hardware, distributed settings.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of Markdown.")
 def env(as_json: bool) -> None:
-    """Print what a bug report needs: versions, detected hardware, cluster environment, fabric packages."""
+    """Print what a bug report needs, as Markdown to paste into an issue (or JSON with --json).
+
+    It lists the fabric packages, Python, the OS, CPUs and RAM, torch's CUDA/cuDNN/NCCL build, the devices, the
+    detected cluster environment, the distributed environment variables that are set, the version of every optional
+    library fabric can use ("not installed" where absent) and which package the `fabric` script on PATH belongs to.
+    """
     data = collect_environment()
-    click.echo(json.dumps(data, indent=2) if as_json else "\n".join(_lines(data)))
+    click.echo(json.dumps(data, indent=2) if as_json else render_markdown(data), nl=as_json)
