@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 import reprlib
 import weakref
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from fabric_core.connector import AcceleratorFlag, Plugin, StrategyFlag, build, 
 from fabric_core.data import add_worker_seeding, global_seed, inject_distributed_sampler, numbers_to_tensors
 from fabric_core.loader import FabricDataLoader
 from fabric_core.preemption import Preemption, SignalLike
+from fabric_core.progress import OpenBars, Progress
 from fabric_core.validation import (
     ReplacedParameters,
     check_bool,
@@ -45,6 +46,8 @@ from fabric_utils import (
     rank_zero_only,
 )
 from fabric_utils import seed_everything as _seed_everything
+
+T = TypeVar("T")
 
 
 class Fabric:
@@ -92,6 +95,7 @@ class Fabric:
         self._set_up: weakref.WeakSet[Any] = weakref.WeakSet()
         self._replaced = ReplacedParameters()
         self._preemption = Preemption()
+        self._open_bars = OpenBars()  # this process's open fabric.progress bars: log_dict shows them the metrics
         if type(self).run is not Fabric.run:
             # calling `fabric.run(...)` launches the processes and runs the subclass's `run` in each of them
             self.run = functools.partial(self.launch, type(self).run)  # type: ignore[method-assign]
@@ -356,6 +360,11 @@ class Fabric:
         if self.local_rank == 0:
             print(*args, **kwargs)
 
+    def progress(self, iterable: Iterable[T], **options: Any) -> Progress[T]:
+        """Loop over ``iterable`` with a progress bar on global rank 0 (it/s, time left, the last logged metrics);
+        plain lines when the output is not a terminal. Options: desc, total, interval, file, disable (progress.py)."""
+        return Progress(iterable, show=self.is_global_zero, open_bars=self._open_bars, **options)
+
     @staticmethod
     def seed_everything(seed: int | None = None, workers: bool = True, verbose: bool = True) -> int:
         """Seed Python, NumPy and torch (and, with ``workers``, every dataloader worker); returns the seed."""
@@ -479,6 +488,8 @@ class Fabric:
     def log_dict(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log several metrics to every logger (one-element tensors become numbers)."""
         check_metrics(metrics, step)
+        if self._open_bars:
+            self._open_bars.record(metrics)
         if not self._loggers:
             return
         metrics = convert_tensors_to_scalars(dict(metrics))
