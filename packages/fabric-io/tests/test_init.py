@@ -10,6 +10,7 @@ import fabric_io
 PUBLIC = [
     "METADATA_FILE",
     "AsyncCheckpointIO",
+    "BackgroundSave",
     "CheckpointIO",
     "TorchCheckpointIO",
     "UnsafeCheckpointError",
@@ -30,6 +31,7 @@ PUBLIC = [
     "remove_path",
     "resolve_inside",
     "save_sharded_checkpoint",
+    "stage_on_cpu",
 ]
 
 

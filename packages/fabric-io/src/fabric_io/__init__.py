@@ -2,6 +2,7 @@
 
 from fabric_io.async_io import AsyncCheckpointIO
 from fabric_io.atomic import atomic_save
+from fabric_io.background import BackgroundSave, stage_on_cpu
 from fabric_io.base import CheckpointIO
 from fabric_io.errors import UnsafeCheckpointError, resolve_inside
 from fabric_io.filesystem import (
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "METADATA_FILE",
     "AsyncCheckpointIO",
+    "BackgroundSave",
     "CheckpointIO",
     "TorchCheckpointIO",
     "UnsafeCheckpointError",
@@ -44,4 +46,5 @@ __all__ = [
     "remove_path",
     "resolve_inside",
     "save_sharded_checkpoint",
+    "stage_on_cpu",
 ]

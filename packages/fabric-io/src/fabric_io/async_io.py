@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from typing_extensions import override
 
+from fabric_io.background import BackgroundSave
 from fabric_io.base import CheckpointIO
 from fabric_io.torch_io import TorchCheckpointIO
 from fabric_utils import PathLike, apply_to_collection
@@ -35,8 +36,7 @@ class AsyncCheckpointIO(CheckpointIO):
         self._checkpoint_io = checkpoint_io if checkpoint_io is not None else TorchCheckpointIO()
         self._snapshot = snapshot
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._pending: BackgroundSave | None = None
 
     @property
     def checkpoint_io(self) -> CheckpointIO:
@@ -46,8 +46,8 @@ class AsyncCheckpointIO(CheckpointIO):
     @property
     def is_saving(self) -> bool:
         """Whether a background save is still running."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+        pending = self._pending
+        return pending is not None and not pending.done()
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: PathLike, storage_options: Any | None = None) -> None:
@@ -56,13 +56,8 @@ class AsyncCheckpointIO(CheckpointIO):
             self._finish_pending()
             if self._snapshot:
                 checkpoint = _snapshot_tensors(checkpoint)
-            thread = threading.Thread(
-                target=self._save_in_background,
-                args=(checkpoint, path, storage_options),
-                name="fabric-async-checkpoint",
-            )
-            self._thread = thread
-            thread.start()
+            save = self._checkpoint_io.save_checkpoint
+            self._pending = BackgroundSave(save, checkpoint, path, storage_options, path=str(path))
 
     @override
     def load_checkpoint(
@@ -96,22 +91,11 @@ class AsyncCheckpointIO(CheckpointIO):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._checkpoint_io!r})"
 
-    def _save_in_background(self, checkpoint: dict[str, Any], path: PathLike, storage_options: Any | None) -> None:
-        try:
-            self._checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)
-        except BaseException as err:  # handed to the caller's thread by _finish_pending
-            if hasattr(err, "add_note"):
-                err.add_note(f"(raised by the background save of {str(path)!r} in AsyncCheckpointIO)")
-            self._error = err
-
     def _finish_pending(self) -> None:
         """Join the running save (caller holds the lock) and raise what it raised, once."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.wait()
 
 
 def _snapshot_tensors(checkpoint: dict[str, Any]) -> dict[str, Any]:
