@@ -20,11 +20,13 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "package_api",  # docs/_ext/package_api.py: one API page per package from its __all__
+    "sphinx_click",  # cli.md: the reference of the `fabric` command, read from its click definitions
+    "click_plain_text",  # docs/_ext/click_plain_text.py: the commands' help texts shown as the plain text they are
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "_ext"]
+exclude_patterns = ["_build", "_ext", "_static"]
 
 # MyST: ```{note} fences, :::-fences, and headings as link targets (#launching) up to level 3
 myst_enable_extensions = ["colon_fence"]
@@ -43,6 +45,12 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 
-html_theme = "alabaster"
+# furo: a maintained theme with a light and a dark mode, a search box and a layout that works on phones
+html_theme = "furo"
 html_title = "fabric"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+# code blocks wrap their long lines and tables scroll inside the page: nothing is cut off at any width
+# (docs/check_pages.py checks the built pages in a headless browser)
+html_css_files = ["fabric.css"]
+pygments_style = "friendly"
+pygments_dark_style = "monokai"

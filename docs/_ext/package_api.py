@@ -63,6 +63,26 @@ def _data_comment(package: str, name: str, obj: Any) -> list[str]:
     return []
 
 
+def _documented_elsewhere(package: str, name: str, obj: Any, objects: dict[str, Any]) -> str | None:
+    """Where the class ``obj`` has its full entry when ``package`` only re-exports it, else None.
+
+    That is the ``fabric_*`` package that defines and exports it (``fabric_strategies.UnsafeCheckpointError`` is
+    ``fabric_io``'s), or another class of ``package`` that holds it (``RedOpType`` is ``ReduceOp.RedOpType``).
+    Documenting such a class twice in full would register its defining path twice.
+    """
+    if not inspect.isclass(obj):
+        return None
+    home = obj.__module__.split(".")[0]
+    home_module = sys.modules.get(home)
+    exported = name in getattr(home_module, "__all__", ()) and getattr(home_module, name, None) is obj
+    if home != package and home.startswith("fabric_") and exported:
+        return f"{home}.{name}"
+    for other, value in objects.items():
+        if other != name and inspect.isclass(value) and vars(value).get(obj.__name__) is obj:
+            return f"{package}.{other}.{obj.__name__}"
+    return None
+
+
 def _first_sentence(doc: list[str]) -> str:
     """The first sentence of the first paragraph, never cut inside inline markup (an odd number of backquotes)."""
     paragraph: list[str] = []
@@ -124,7 +144,11 @@ class PackageAPI(SphinxDirective):
                 continue
             lines += [f".. rubric:: {title}", ""]
             for name in chosen:
-                lines += self._entry(package_name, name, objects[name], kind)
+                home = _documented_elsewhere(package_name, name, objects[name], objects)
+                if home is not None:
+                    lines += self._alias_entry(package_name, name, kind, home)
+                else:
+                    lines += self._entry(package_name, name, objects[name], kind)
         container = nodes.section()
         container.document = self.state.document
         nested_parse_with_titles(self.state, StringList(lines, source=f"<package-api {package_name}>"), container)
@@ -152,6 +176,17 @@ class PackageAPI(SphinxDirective):
             role = {"class": "class", "exception": "exc", "function": "func", "data": "data"}[_kind(obj)]
             lines += [f"   * - :py:{role}:`{name}`", f"     - {self._summary(package_name, name, obj)}"]
         return [*lines, ""]
+
+    @staticmethod
+    def _alias_entry(package_name: str, name: str, kind: str, home: str) -> list[str]:
+        role = "exc" if kind == "exception" else "class"
+        return [
+            f".. py:{kind}:: {name}",
+            f"   :module: {package_name}",
+            "",
+            f"   The same class as :py:{role}:`{home}`, importable from ``{package_name}`` too.",
+            "",
+        ]
 
     def _entry(self, package_name: str, name: str, obj: Any, kind: str) -> list[str]:
         full = f"{package_name}.{name}"
