@@ -36,7 +36,7 @@ from fabric_core.validation import (
     check_setup_optimizers,
 )
 from fabric_core.wrappers import FabricModule, FabricOptimizer, is_wrapped, unwrap, unwrap_state
-from fabric_strategies import Strategy, SubprocessScriptLauncher, call_at_exit
+from fabric_strategies import AsyncSave, Strategy, SubprocessScriptLauncher, call_at_exit, save_state, wait_for_saves
 from fabric_utils import (
     Logger,
     PathLike,
@@ -424,9 +424,15 @@ class Fabric:
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def save(
-        self, path: PathLike, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None = None
-    ) -> None:
-        """Save ``state`` (modules, optimizers, stateful objects, plain data) to ``path`` through the strategy."""
+        self,
+        path: PathLike,
+        state: dict[str, Any],
+        filter: dict[str, Callable[[str, Any], bool]] | None = None,
+        *,
+        asynchronous: bool = False,
+    ) -> AsyncSave | None:
+        """Save ``state`` (modules, optimizers, stateful objects, plain data) to ``path`` through the strategy;
+        ``asynchronous=True`` returns once the state is copied and writes it in the background (checkpoints.md)."""
         check_path_first("save", path, state, "state")
         if not isinstance(state, Mapping):
             raise TypeError(
@@ -434,9 +440,9 @@ class Fabric:
                 f" optimizer}}, got {reprlib.repr(state)} of type {type(state).__name__}"
             )
         check_filter(filter, state)
+        check_bool("save", asynchronous=asynchronous)
         self._ensure_launched()
-        self._strategy.save_checkpoint(path, unwrap_state(state), filter=filter)
-        self._strategy.barrier()
+        return save_state(self._strategy, path, unwrap_state(state), filter=filter, asynchronous=asynchronous)
 
     def load(
         self,
@@ -455,6 +461,7 @@ class Fabric:
         check_optional_bool("load", weights_only=weights_only)
         self._ensure_launched()
         unwrapped = unwrap_state(state) if state is not None else None
+        wait_for_saves(self._strategy)
         remainder = self._strategy.load_checkpoint(path, unwrapped, strict=strict, weights_only=weights_only)
         self._strategy.barrier()
         if state is not None and unwrapped is not None:
@@ -474,6 +481,7 @@ class Fabric:
         check_bool("load_raw", strict=strict)
         check_optional_bool("load_raw", weights_only=weights_only)
         self._ensure_launched()
+        wait_for_saves(self._strategy)
         self._strategy.load_checkpoint(path, obj, strict=strict, weights_only=weights_only)
 
     # -- callbacks and logging -----------------------------------------------------------------------------------

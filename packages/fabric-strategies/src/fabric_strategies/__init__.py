@@ -7,6 +7,7 @@ imports ``fabric_strategies.fsdp`` then), which keeps them out of ``import fabri
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from fabric_strategies.async_checkpoint import AsyncSave, save_state, wait_for_saves
 from fabric_strategies.base import Strategy, unwrap_module
 from fabric_strategies.checkpoint import MissingStateKeyError
 from fabric_strategies.collectives import Collective, SingleDeviceCollective, TorchCollective
@@ -74,6 +75,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_TIMEOUT",
     "STRATEGY_REGISTRY",
+    "AsyncSave",
     "Collective",
     "DDPStrategy",
     "DataParallelStrategy",
@@ -109,5 +111,7 @@ __all__ = [
     "read_sharded_checkpoint",
     "release_ddp_wrapper",
     "resolve_strategy_name",
+    "save_state",
     "unwrap_module",
+    "wait_for_saves",
 ]

@@ -93,6 +93,20 @@ def find_module(optimizer: Optimizer, candidates: Iterable[Module]) -> Module:
 
 # -- save ----------------------------------------------------------------------------------------------------------
 def save(strategy: ShardedStrategy, path: PathLike, state: Mapping[str, Any], filter: StateFilter | None) -> None:
+    converted, full = to_sharded_checkpoint(strategy, path, state, filter)
+    if not full:
+        save_sharded_checkpoint(converted, path)
+        return
+    if strategy.is_global_zero:
+        write_file(strategy, converted, path)
+    strategy.barrier("save_checkpoint")
+
+
+def to_sharded_checkpoint(
+    strategy: ShardedStrategy, path: PathLike, state: Mapping[str, Any], filter: StateFilter | None
+) -> tuple[dict[str, Any], bool]:
+    """``state`` with modules and optimizers replaced by their state dicts (shards, or full ones on global rank 0)
+    and ``filter`` applied, and whether it is the full format. Collective."""
     if not isinstance(state, Mapping):
         raise TypeError(f"`state` must be a dict of names to objects, got {type(state).__name__}")
     check_filter(state, filter)
@@ -117,15 +131,10 @@ def save(strategy: ShardedStrategy, path: PathLike, state: Mapping[str, Any], fi
             keep = filter[key]
             value = {name: item for name, item in value.items() if keep(name, item)}
         converted[key] = value
-    if not full:
-        save_sharded_checkpoint(converted, path)
-        return
-    if strategy.is_global_zero:
-        _write_file(strategy, converted, path)
-    strategy.barrier("save_checkpoint")
+    return converted, full
 
 
-def _write_file(strategy: ShardedStrategy, checkpoint: dict[str, Any], path: PathLike) -> None:
+def write_file(strategy: ShardedStrategy, checkpoint: dict[str, Any], path: PathLike) -> None:
     """Write a full checkpoint file; an existing sharded directory at ``path`` is replaced only once it is written."""
     target = os.fspath(path)
     if is_remote_path(path) or not os.path.isdir(target):

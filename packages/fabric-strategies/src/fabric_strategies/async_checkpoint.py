@@ -1,0 +1,238 @@
+"""Saving checkpoints in the background: ``save_state(..., asynchronous=True)`` and the waits that keep it safe.
+
+An asynchronous save copies the state to CPU memory before it returns (``fabric_io.stage_on_cpu``), so training may
+change the weights at once, and writes the copy in a worker thread (``fabric_io.BackgroundSave``), through the same
+atomic paths as a synchronous save: a single file goes through the strategy's ``CheckpointIO`` (temporary file,
+then one rename), a sharded directory through ``fabric_io.save_sharded_checkpoint`` (hidden staging directory,
+published once complete). A save that fails or is cut off leaves the previous checkpoint as it was.
+
+At most one save runs per strategy: the next save, synchronous or not, and every load first wait for the pending
+one (``wait_for_saves``, collective), and raise its error on every process. At interpreter exit the pending save is
+finished (the worker thread is not a daemon, so Python waits for it before the exit handlers run) and an error it
+raised is printed, since no call is left to raise it.
+
+The worker of a sharded save runs ``torch.distributed.checkpoint``'s collectives while training runs its own; they
+use a process group of their own (gloo, created by the first asynchronous sharded save), so that the two threads'
+collectives never pair up with each other across processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+import weakref
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch.distributed as dist
+
+from fabric_io import AsyncCheckpointIO, BackgroundSave, CheckpointIO, save_sharded_checkpoint, stage_on_cpu
+from fabric_strategies.base import Strategy
+from fabric_strategies.checkpoint import StateFilter, to_checkpoint
+from fabric_strategies.parallel import ParallelStrategy
+from fabric_strategies.teardown import call_at_exit
+from fabric_utils import PathLike
+
+if TYPE_CHECKING:
+    from fabric_strategies.fsdp.base import ShardedStrategy
+
+
+class AsyncSave:
+    """The handle of one save started by ``save_state(..., asynchronous=True)`` (``fabric.save`` returns it).
+
+    ``wait()`` blocks until the save is complete and raises its error; like the save, it is collective: every process
+    calls it. The next save or load waits anyway, so calling it is needed only to be sure a checkpoint is on disk
+    (e.g. before another program reads it).
+    """
+
+    def __init__(self, saver: _Saver, number: int, path: PathLike) -> None:
+        self._saver = saver
+        self._number = number
+        self.path = os.fspath(path)
+
+    def done(self) -> bool:
+        """Whether this process has finished its part of the save; never blocks, never raises."""
+        return self._saver.number_pending != self._number or self._saver.locally_done()
+
+    def wait(self) -> None:
+        """Wait until the save is complete on every process; raise its error (on every process) if it failed."""
+        strategy = self._saver.strategy()
+        if self._saver.number_pending == self._number and strategy is not None:
+            self._saver.finish(strategy)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={self.path!r}, done={self.done()})"
+
+
+def save_state(
+    strategy: Strategy,
+    path: PathLike,
+    state: Mapping[str, Any],
+    *,
+    filter: StateFilter | None = None,
+    asynchronous: bool = False,
+) -> AsyncSave | None:
+    """Save ``state`` to ``path`` with ``strategy``, after the pending asynchronous save (if any) has finished.
+
+    ``asynchronous=False``: the strategy's ``save_checkpoint`` followed by a barrier; returns None. ``True``: returns
+    once the state is copied, with a handle whose ``wait()`` waits for the write. Collective, as every save.
+    """
+    if not isinstance(asynchronous, bool):
+        raise TypeError(f"asynchronous must be True or False, got {asynchronous!r}")
+    write = _background_writer(strategy) if asynchronous else None
+    wait_for_saves(strategy)
+    if write is None:
+        strategy.save_checkpoint(path, state, filter=filter)
+        strategy.barrier()
+        return None
+    saver = _SAVERS.get(strategy)
+    if saver is None:
+        saver = _SAVERS[strategy] = _Saver(strategy)
+    saver.start(write(strategy, saver, path, state, filter), path)
+    return AsyncSave(saver, saver.number_pending or 0, path)
+
+
+def wait_for_saves(strategy: Strategy) -> None:
+    """Wait for the pending asynchronous save of ``strategy`` (if any) and raise its error on every process.
+
+    Collective once an asynchronous save was started (every process calls it); a no-op otherwise.
+    """
+    saver = _SAVERS.get(strategy)
+    if saver is not None:
+        saver.finish(strategy)
+
+
+class _Saver:
+    """The asynchronous saves of one strategy: the pending one, and the process group of sharded saves."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        self.strategy = weakref.ref(strategy)
+        self.pending: BackgroundSave | None = None  # None on processes that write nothing (ranks > 0, one file)
+        self.number_pending: int | None = None  # the number of the save not waited for yet, on every process
+        self.path_pending = ""
+        self.started = 0
+        self.group: dist.ProcessGroup | None = None
+        call_at_exit(_finish_at_exit, weakref.ref(self))
+
+    def start(self, pending: BackgroundSave | None, path: PathLike) -> None:
+        self.started += 1
+        self.pending, self.number_pending, self.path_pending = pending, self.started, os.fspath(path)
+
+    def locally_done(self) -> bool:
+        return self.pending is None or self.pending.done()
+
+    def finish(self, strategy: Strategy) -> None:
+        if self.number_pending is None:
+            return
+        pending, self.pending, self.number_pending = self.pending, None, None
+        error: BaseException | None = None
+        try:
+            if pending is not None:
+                pending.wait()
+        except BaseException as err:
+            error = err
+        # one file is written by rank 0 alone: the others learn here that it failed
+        failed = strategy.reduce_boolean_decision(error is not None, all=False)
+        if error is not None:
+            raise error
+        if failed:
+            raise RuntimeError(
+                f"The asynchronous save of {self.path_pending!r} failed on another"
+                " process (its error is raised there); the previous checkpoint at that path is unchanged."
+            )
+
+    def checkpoint_group(self, strategy: ParallelStrategy) -> dist.ProcessGroup | None:
+        """The gloo group of the background collectives (collective when it is created), None without a group."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        if self.group is not None:
+            try:
+                dist.get_process_group_ranks(self.group)
+                return self.group
+            except (KeyError, ValueError, RuntimeError):  # destroyed with the process group it belonged to
+                self.group = None
+        self.group = dist.new_group(backend="gloo", timeout=strategy.timeout)
+        return self.group
+
+
+_SAVERS: weakref.WeakKeyDictionary[Strategy, _Saver] = weakref.WeakKeyDictionary()
+_Writer = Callable[..., "BackgroundSave | None"]
+
+
+def _background_writer(strategy: Strategy) -> _Writer:
+    """How ``strategy`` saves in the background; raises for a strategy that saves its own way (DeepSpeed, XLA)."""
+    save = type(strategy).save_checkpoint
+    if save in (Strategy.save_checkpoint, ParallelStrategy.save_checkpoint):
+        return _write_file
+    if "fabric_strategies.fsdp" in sys.modules:
+        from fabric_strategies.fsdp.base import ShardedStrategy
+
+        if save is ShardedStrategy.save_checkpoint:
+            return _write_sharded
+    raise ValueError(
+        f"{type(strategy).__name__} does not support asynchronous saves: it writes checkpoints its own way. Use"
+        " asynchronous=False, or one of the strategies that support it: single device, DDP, DP, FSDP and"
+        " ModelParallel."
+    )
+
+
+def _write_file(
+    strategy: Strategy, saver: _Saver, path: PathLike, state: Mapping[str, Any], filter: StateFilter | None
+) -> BackgroundSave | None:
+    """One file written by global rank 0, from a CPU copy of the checkpoint (every process builds its state)."""
+    checkpoint = to_checkpoint(strategy, state, filter)
+    if not strategy.is_global_zero:
+        return None
+    checkpoint_io = strategy.checkpoint_io
+    copy = stage_on_cpu(checkpoint)
+    return BackgroundSave(_save_file, checkpoint_io, checkpoint_io.save_checkpoint, copy, path, path=os.fspath(path))
+
+
+def _save_file(checkpoint_io: CheckpointIO, write: Callable[..., object], *args: Any) -> None:
+    """``write(*args)``, which saves through ``checkpoint_io``; with an ``AsyncCheckpointIO`` (a background save of
+    its own), also wait for that to finish."""
+    write(*args)
+    if isinstance(checkpoint_io, AsyncCheckpointIO):
+        checkpoint_io.wait()
+
+
+def _write_sharded(
+    strategy: ShardedStrategy, saver: _Saver, path: PathLike, state: Mapping[str, Any], filter: StateFilter | None
+) -> BackgroundSave | None:
+    """A sharded directory written by every process (or, with ``state_dict_type="full"``, one file by rank 0)."""
+    from fabric_strategies.fsdp.checkpoint import to_sharded_checkpoint, write_file
+
+    checkpoint, full = to_sharded_checkpoint(strategy, path, state, filter)
+    if full:
+        if not strategy.is_global_zero:
+            return None
+        copy = stage_on_cpu(checkpoint)
+        return BackgroundSave(
+            _save_file, strategy.checkpoint_io, write_file, strategy, copy, path, path=os.fspath(path)
+        )
+    group = saver.checkpoint_group(strategy)
+    copy = stage_on_cpu(checkpoint)
+    write = functools.partial(save_sharded_checkpoint, process_group=group)
+    return BackgroundSave(write, copy, path, path=os.fspath(path))
+
+
+def _finish_at_exit(saver_ref: weakref.ref[_Saver]) -> None:
+    """Exit callback: collect the pending save's outcome on this process (no collective: the peers may be gone)."""
+    saver = saver_ref()
+    if saver is None:
+        return
+    pending, saver.pending, saver.number_pending = saver.pending, None, None
+    saver.group = None
+    if pending is None:
+        return
+    try:
+        pending.wait()
+    except BaseException as err:
+        print(
+            f"fabric: the asynchronous save of {pending.path!r} failed; the previous checkpoint at that path is"
+            " unchanged:",
+            file=sys.stderr,
+        )
+        traceback.print_exception(err, file=sys.stderr)
