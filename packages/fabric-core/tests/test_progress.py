@@ -191,6 +191,10 @@ def test_metrics_shown_as_numbers() -> None:
         fabric.log_dict({"loss": loss, "lr": 1e-3})
         assert not fabric._open_bars[0]._latest["loss"].requires_grad  # no autograd graph kept alive
     assert "loss=3, lr=0.001" in out.getvalue()
+    out = io.StringIO()
+    for _ in fabric.progress(range(1), file=out, metrics=["loss"]):
+        fabric.log_dict({"loss": 0.5, "samples_per_sec": 100.0})
+    assert out.getvalue().rstrip().endswith("it/s, loss=0.5]"), out.getvalue()
 
 
 def test_disabled_and_open_bars_not_pickled() -> None:
@@ -214,6 +218,8 @@ def test_disabled_and_open_bars_not_pickled() -> None:
         ({"file": "log.txt"}, TypeError, r"file='log.txt'\) must be a text stream"),
         ({"disable": "yes"}, TypeError, r"disable='yes'\) must be a bool"),
         ({"colour": "red"}, TypeError, r"unexpected keyword argument 'colour'"),
+        ({"metrics": "loss"}, TypeError, r"metrics='loss'\) must be a list or tuple of metric names"),
+        ({"metrics": [1]}, TypeError, r"metrics=\[1\]\)"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:

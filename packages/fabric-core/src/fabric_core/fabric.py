@@ -362,7 +362,7 @@ class Fabric:
 
     def progress(self, iterable: Iterable[T], **options: Any) -> Progress[T]:
         """Loop over ``iterable`` with a progress bar on global rank 0 (it/s, time left, the last logged metrics);
-        plain lines when the output is not a terminal. Options: desc, total, interval, file, disable (progress.py)."""
+        plain lines when the output is not a terminal. Options: desc, total, interval, file, metrics, disable."""
         return Progress(iterable, show=self.is_global_zero, open_bars=self._open_bars, **options)
 
     @staticmethod

@@ -12,7 +12,7 @@ import math
 import numbers
 import sys
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, Generic, TypeVar
 
 import torch
@@ -39,7 +39,9 @@ class OpenBars(list):  # type: ignore[type-arg]
         return (type(self), ())
 
 
-def check_progress_arguments(iterable: Any, desc: Any, total: Any, interval: Any, file: Any, disable: Any) -> None:
+def check_progress_arguments(
+    iterable: Any, desc: Any, total: Any, interval: Any, file: Any, disable: Any, metrics: Any
+) -> None:
     """The arguments of ``fabric.progress``, checked on every rank (a mistake fails everywhere, not on rank 0 only)."""
     if not (hasattr(type(iterable), "__iter__") or hasattr(type(iterable), "__getitem__")):
         raise TypeError(
@@ -56,6 +58,12 @@ def check_progress_arguments(iterable: Any, desc: Any, total: Any, interval: Any
         raise TypeError(f"fabric.progress(file={file!r}) must be a text stream with a write method, or None (stderr)")
     if not isinstance(disable, bool):
         raise TypeError(f"fabric.progress(disable={disable!r}) must be a bool, got {type(disable).__name__}")
+    if metrics is not None and (
+        not isinstance(metrics, (list, tuple)) or not all(isinstance(name, str) for name in metrics)
+    ):
+        raise TypeError(
+            f"fabric.progress(metrics={metrics!r}) must be a list or tuple of metric names (str), or None (all)"
+        )
 
 
 def format_metric(value: Any) -> str:
@@ -80,8 +88,11 @@ def _is_terminal(stream: IO[str]) -> bool:
 class Progress(Generic[T]):
     """Iterate over ``iterable`` with a progress bar when ``show`` is true (global rank zero), silently otherwise.
 
-    Made by :meth:`Fabric.progress`. The bar opens when the loop starts and closes when it ends, breaks or raises
-    (also usable as ``with fabric.progress(...) as bar: for x in bar: ...``). ``len(bar)`` is the loop's length.
+    Made by :meth:`Fabric.progress`. ``desc`` names the bar; ``total`` is its length when ``len(iterable)`` does not
+    work; ``interval`` is the number of seconds between plain lines; ``file`` the stream (stderr by default);
+    ``metrics`` the names of the logged metrics to show (None: every one); ``disable`` hides the bar. The bar opens
+    when the loop starts and closes when it ends, breaks or raises (also usable as ``with fabric.progress(...) as
+    bar: for x in bar: ...``). ``len(bar)`` is the loop's length.
     """
 
     def __init__(
@@ -95,14 +106,16 @@ class Progress(Generic[T]):
         interval: float = 10.0,
         file: IO[str] | None = None,
         disable: bool = False,
+        metrics: Sequence[str] | None = None,
     ) -> None:
-        check_progress_arguments(iterable, desc, total, interval, file, disable)
+        check_progress_arguments(iterable, desc, total, interval, file, disable, metrics)
         self.iterable = iterable
         self.desc = desc
         self.total = total if total is not None else _length(iterable)
         self.interval = float(interval)
         self.show = show and not disable
         self._file = file
+        self._names = None if metrics is None else frozenset(metrics)
         self._open_bars = open_bars
         self._latest: dict[str, Any] = {}
         self._changed = False
@@ -141,8 +154,9 @@ class Progress(Generic[T]):
     def record(self, metrics: Mapping[str, Any]) -> None:
         """Remember the latest value of each metric (called by ``fabric.log_dict`` while the bar is open)."""
         for name, value in metrics.items():
-            self._latest[name] = value.detach() if isinstance(value, torch.Tensor) else value
-        self._changed = True
+            if self._names is None or name in self._names:
+                self._latest[name] = value.detach() if isinstance(value, torch.Tensor) else value
+                self._changed = True
 
     def postfix(self) -> str:
         """The latest metrics as ``name=value`` pairs."""
