@@ -8,6 +8,9 @@ generated images (mean brightness, how much of the image is lit, how peaked the 
 Run on one process:                 python examples/dcgan.py
 Run on 2 CPU processes with DDP:    fabric run --accelerator cpu --devices 2 examples/dcgan.py
 Short run (for CI):                 add --fast
+
+Rank zero saves a grid of generated images as a PNG after every epoch, beside the metrics (CSV and TensorBoard)
+under ``--log-dir``, and a PNG of the loss curves at the end (``pip install -r examples/requirements.txt``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import time
 
 import torch
+from _pictures import finish, make_loggers, picture_path, save_image_grid
 from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits
 from torch.utils.data import DataLoader, TensorDataset
@@ -82,11 +86,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--log-dir", default="fabric_logs", help="metrics (CSV, TensorBoard) and pictures go here")
     args = parser.parse_args()
     epochs = args.epochs or (6 if args.fast else 30)
     samples = 1024 if args.fast else 4096
 
-    fabric = Fabric()
+    csv_logger, tensorboard = make_loggers(args.log_dir, "dcgan")
+    fabric = Fabric(loggers=[csv_logger, tensorboard])
     fabric.launch()
     fabric.seed_everything(1234)
 
@@ -104,9 +110,11 @@ def main() -> None:
 
     fabric.print(f"Training a DCGAN on {fabric.world_size} process(es): {samples} blob images, {epochs} epochs")
     start = time.perf_counter()
-    for epoch in range(epochs):
+    fixed_noise = torch.randn(64, LATENT, generator=torch.Generator().manual_seed(5)).to(fabric.device)
+    step = 0
+    for epoch in fabric.progress(range(epochs), desc="epochs"):
         totals = torch.zeros(3, device=fabric.device)
-        for (real,) in loader:
+        for (real,) in fabric.progress(loader, desc=f"epoch {epoch + 1}"):
             batch = real.size(0)
             noise = torch.randn(batch, LATENT, device=fabric.device)
             fake = generator(noise)
@@ -125,12 +133,22 @@ def main() -> None:
             fabric.backward(loss_g, model=generator)
             optimizer_g.step()
             totals += torch.stack([loss_d.detach(), loss_g.detach(), torch.tensor(1.0, device=fabric.device)])
+            step += 1
+            fabric.log_dict({"discriminator_loss": loss_d.detach(), "generator_loss": loss_g.detach()}, step=step)
 
         totals = fabric.all_reduce(totals, reduce_op="sum")
         fabric.print(
             f"epoch {epoch + 1}/{epochs}: discriminator loss {(totals[0] / totals[2]).item():.3f}, generator loss"
             f" {(totals[1] / totals[2]).item():.3f} ({time.perf_counter() - start:.1f}s)"
         )
+        # the same noise every epoch, so the grids show the generator learning; every process runs the forward (DDP
+        # may synchronise buffers in it), rank zero writes the picture
+        generator.eval()
+        with torch.no_grad():
+            samples = generator(fixed_noise).cpu().numpy()
+        generator.train()
+        if fabric.is_global_zero:
+            save_image_grid(samples, picture_path(csv_logger, f"samples_epoch_{epoch + 1:03d}.png"))
 
     generator.eval()
     with torch.no_grad():
@@ -143,6 +161,7 @@ def main() -> None:
             *torch.stack([real_stats, fake_stats], dim=1).flatten().tolist()
         )
     )
+    finish(fabric, csv_logger, [["discriminator_loss", "generator_loss"]], "DCGAN")
     if fabric.is_global_zero:
         print(
             f"final: discriminator loss {(totals[0] / totals[2]).item():.3f}, generator loss"

@@ -7,6 +7,9 @@ Run on one process:                 python examples/image_classifier.py
 Run on 2 CPU processes with DDP:    fabric run --accelerator cpu --devices 2 --strategy ddp examples/image_classifier.py
 Short run (for CI):                 add --fast
 
+Progress bars (``fabric.progress``) go to stderr on rank zero; metrics go to a CSV file and TensorBoard under
+``--log-dir``, with a PNG of the loss and accuracy curves at the end (``pip install -r examples/requirements.txt``).
+
 ``Fabric()`` takes no arguments: the command line chooses accelerator, devices, strategy and precision.
 """
 
@@ -16,6 +19,7 @@ import argparse
 import time
 
 import torch
+from _pictures import finish, make_loggers
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - the usual PyTorch spelling
 from torch.utils.data import DataLoader, TensorDataset
@@ -76,11 +80,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--log-dir", default="fabric_logs", help="metrics (CSV, TensorBoard) and pictures go here")
     args = parser.parse_args()
     epochs = args.epochs or (2 if args.fast else 4)
     train_samples, test_samples = (1024, 256) if args.fast else (2048, 512)
 
-    fabric = Fabric()
+    csv_logger, tensorboard = make_loggers(args.log_dir, "image_classifier")
+    fabric = Fabric(loggers=[csv_logger, tensorboard])
     fabric.launch()
     fabric.seed_everything(42)
 
@@ -98,20 +104,25 @@ def main() -> None:
         f" {fabric.device}: {train_samples} images, {epochs} epochs"
     )
     start = time.perf_counter()
-    for epoch in range(epochs):
+    step = 0
+    for epoch in fabric.progress(range(epochs), desc="epochs"):
         running = torch.zeros(2, device=fabric.device)
-        for images, labels in train_loader:
+        for images, labels in fabric.progress(train_loader, desc=f"epoch {epoch + 1}"):
             loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad()
             fabric.backward(loss)
             optimizer.step()
             running += torch.stack([loss.detach() * labels.numel(), torch.tensor(labels.numel(), device=fabric.device)])
+            step += 1
+            fabric.log("train_loss", loss.detach(), step=step)  # this process's loss: shown by the bar, logged
         running = fabric.all_reduce(running, reduce_op="sum")
         test_loss, accuracy = evaluate(fabric, model, test_loader)
+        fabric.log_dict({"test_loss": test_loss, "test_accuracy": accuracy}, step=step)
         fabric.print(
             f"epoch {epoch + 1}/{epochs}: train loss {(running[0] / running[1]).item():.4f}, test loss"
             f" {test_loss:.4f}, test accuracy {accuracy:.1%} ({time.perf_counter() - start:.1f}s)"
         )
+    finish(fabric, csv_logger, [["train_loss", "test_loss"], ["test_accuracy"]], "image classifier")
     if fabric.is_global_zero:
         print(f"final loss: {test_loss:.4f} (test accuracy {accuracy:.1%})")
 

@@ -8,6 +8,9 @@ their mean: an estimate of how well the recipe generalises that does not depend 
 Run on one process:                 python examples/kfold.py
 Run on 2 CPU processes with DDP:    fabric run --accelerator cpu --devices 2 examples/kfold.py
 Short run (for CI):                 add --fast
+
+Each fold's training loss goes to a CSV file and TensorBoard under ``--log-dir``; at the end rank zero draws them in
+one PNG (``pip install -r examples/requirements.txt``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 import time
 
 import torch
+from _pictures import finish, make_loggers
 from torch import nn
 from torch.nn.functional import cross_entropy
 from torch.utils.data import DataLoader, Subset, TensorDataset
@@ -66,6 +70,7 @@ def train_fold(
     val_idx: torch.Tensor,
     args: argparse.Namespace,
     epochs: int,
+    fold: int,
 ) -> float:
     """Train a new model on ``train_idx`` and return its validation accuracy on ``val_idx``."""
     train_loader = DataLoader(Subset(dataset, train_idx.tolist()), batch_size=args.batch_size, shuffle=True)
@@ -74,13 +79,18 @@ def train_fold(
     model = classifier()  # a fresh initialisation for every fold
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     model, optimizer = fabric.setup(model, optimizer)
-    for _ in range(epochs):
-        for points, labels in train_loader:
+    step = 0
+    for epoch in range(epochs):
+        for points, labels in fabric.progress(train_loader, desc=f"fold {fold + 1} epoch {epoch + 1}"):
             loss = cross_entropy(model(points), labels)
             optimizer.zero_grad()
             fabric.backward(loss)
             optimizer.step()
-    return accuracy(fabric, model, val_loader)
+            step += 1
+            fabric.log(f"fold_{fold + 1}_loss", loss.detach(), step=step)
+    validation = accuracy(fabric, model, val_loader)
+    fabric.log(f"val_acc_fold_{fold + 1}", validation, step=step)
+    return validation
 
 
 def main() -> None:
@@ -91,13 +101,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--log-dir", default="fabric_logs", help="metrics (CSV, TensorBoard) and pictures go here")
     args = parser.parse_args()
     if args.folds < 2:
         parser.error(f"--folds must be at least 2, got {args.folds}")
     epochs = args.epochs or (4 if args.fast else 20)
     samples = args.samples or (2000 if args.fast else 10000)
 
-    fabric = Fabric()
+    csv_logger, tensorboard = make_loggers(args.log_dir, "kfold")
+    fabric = Fabric(loggers=[csv_logger, tensorboard])
     fabric.launch()
     fabric.seed_everything(0)
     dataset = ring_points(samples, seed=1)
@@ -108,15 +120,16 @@ def main() -> None:
     )
     start = time.perf_counter()
     scores = []
-    for k, val_idx in enumerate(folds):
+    for k, val_idx in enumerate(fabric.progress(folds, desc="folds")):
         train_idx = torch.cat([f for i, f in enumerate(folds) if i != k])
         fabric.seed_everything(100 + k, verbose=False)  # each fold's initialisation and shuffling, reproducibly
-        scores.append(train_fold(fabric, dataset, train_idx, val_idx, args, epochs))
+        scores.append(train_fold(fabric, dataset, train_idx, val_idx, args, epochs, fold=k))
         fabric.print(
             f"fold {k + 1}/{args.folds}: validation accuracy {scores[-1]:.1%} ({time.perf_counter() - start:.1f}s)"
         )
     mean = sum(scores) / len(scores)
     spread = (sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) ** 0.5
+    finish(fabric, csv_logger, [["fold_*"], ["val_acc_*"]], f"{args.folds}-fold cross-validation")
     if fabric.is_global_zero:
         print(f"final: mean validation accuracy {mean:.1%} (std {spread:.1%}) over {args.folds} folds")
 

@@ -4,7 +4,8 @@ The corpus is written here (nothing is downloaded) by a tiny English grammar: se
 chases two birds near the house ." in which the verb agrees with its subject (the cat chases, the cats chase), so
 there is structure for the model to pick up. A 2-layer causal transformer learns to predict the next word.
 ``ThroughputMonitor`` logs tokens/s (and, on GPUs whose peak FLOPs are known, MFU from ``measure_flops``) through a
-``CSVLogger`` (``fabric-loggers``) to ``--log-dir``.
+``CSVLogger`` and a ``TensorBoardLogger`` (``fabric-loggers``) to ``--log-dir``, where rank zero also draws the loss
+curves as a PNG at the end (``pip install -r examples/requirements.txt``). ``fabric.progress`` shows the steps.
 
 Run on one process:                 python examples/language_model.py
 Run on 2 CPU processes with DDP:    fabric run --accelerator cpu --devices 2 examples/language_model.py
@@ -18,12 +19,12 @@ import math
 import random
 
 import torch
+from _pictures import finish, make_loggers
 from torch import nn
 from torch.nn.functional import cross_entropy
 from torch.utils.data import DataLoader, TensorDataset
 
 from fabric_core import Fabric, ThroughputMonitor, measure_flops
-from fabric_loggers import CSVLogger
 
 NOUNS = {"cat": "cats", "dog": "dogs", "bird": "birds", "child": "children", "teacher": "teachers", "fox": "foxes"}
 VERBS = {"sees": "see", "likes": "like", "chases": "chase", "feeds": "feed", "follows": "follow", "hears": "hear"}
@@ -124,13 +125,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--log-every", type=int, default=20)
-    parser.add_argument("--log-dir", default="fabric_logs", help="where the CSVLogger writes metrics.csv")
+    parser.add_argument("--log-dir", default="fabric_logs", help="metrics (CSV, TensorBoard) and pictures go here")
     args = parser.parse_args()
     epochs = args.epochs or (4 if args.fast else 10)
     words = args.words or (80_000 if args.fast else 400_000)
 
-    logger = CSVLogger(args.log_dir, name="language_model")
-    fabric = Fabric(loggers=logger)
+    logger, tensorboard = make_loggers(args.log_dir, "language_model")
+    fabric = Fabric(loggers=[logger, tensorboard])
     fabric.launch()
     fabric.seed_everything(3)
 
@@ -153,7 +154,8 @@ def main() -> None:
     model = TinyTransformerLM(len(vocab), args.context)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     model, optimizer = fabric.setup(model, optimizer)
-    logger.log_hyperparams(vars(args) | {"vocabulary": len(vocab), "flops_per_batch": flops_per_batch})
+    for each in fabric.loggers:
+        each.log_hyperparams(vars(args) | {"vocabulary": len(vocab), "flops_per_batch": flops_per_batch})
     fabric.print(
         f"Language model on {fabric.world_size} process(es): {len(vocab)} words in the vocabulary,"
         f" {train_tokens.numel()} training tokens, {flops_per_batch / 1e6:.1f} MFLOPs per batch"
@@ -163,8 +165,8 @@ def main() -> None:
     tokens_per_batch = args.batch_size * args.context
     step = 0
     metrics: dict[str, float] = {}
-    for epoch in range(epochs):
-        for inputs, targets in train_loader:
+    for epoch in fabric.progress(range(epochs), desc="epochs", metrics=["train_loss", "val_loss"]):
+        for inputs, targets in fabric.progress(train_loader, desc=f"epoch {epoch + 1}", metrics=["train_loss"]):
             logits = model(inputs)
             loss = cross_entropy(logits.flatten(0, 1), targets.flatten())
             optimizer.zero_grad()
@@ -186,7 +188,7 @@ def main() -> None:
 
     sample = generate(model, [index["the"]], steps=15, context=args.context, device=fabric.device)
     fabric.print("sample:", " ".join(vocab[i] for i in sample))
-    logger.finalize("success")
+    finish(fabric, logger, [["train_loss", "val_loss"]], "language model: cross-entropy per token")
     if fabric.is_global_zero:
         tokens_per_sec = metrics.get("items_per_sec", float("nan"))
         print(

@@ -8,6 +8,9 @@ task. Each process draws its own tasks; the meta-gradients are averaged across p
 Run on one process:                 python examples/maml.py
 Run on 2 CPU processes:             fabric run --accelerator cpu --devices 2 examples/maml.py
 Short run (for CI):                 add --fast
+
+The meta-loss goes to a CSV file and TensorBoard under ``--log-dir``, with a PNG of its curve at the end
+(``pip install -r examples/requirements.txt``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 import time
 
 import torch
+from _pictures import finish, make_loggers
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.functional import mse_loss
@@ -81,10 +85,12 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=10, help="support (and query) points per task")
     parser.add_argument("--inner-lr", type=float, default=0.01)
     parser.add_argument("--meta-lr", type=float, default=1e-3)
+    parser.add_argument("--log-dir", default="fabric_logs", help="metrics (CSV, TensorBoard) and pictures go here")
     args = parser.parse_args()
     iterations = args.iterations or (400 if args.fast else 5000)
 
-    fabric = Fabric()
+    csv_logger, tensorboard = make_loggers(args.log_dir, "maml")
+    fabric = Fabric(loggers=[csv_logger, tensorboard])
     fabric.launch()
     fabric.seed_everything(42)  # the same initial weights on every process
     if args.meta_batch_size % fabric.world_size:
@@ -101,7 +107,7 @@ def main() -> None:
         f" before training the query MSE is {before[0]:.3f} (after 1 adaptation step {before[1]:.3f})"
     )
     start = time.perf_counter()
-    for iteration in range(1, iterations + 1):
+    for iteration in fabric.progress(range(1, iterations + 1), desc="meta-updates"):
         tasks = tuple(t.to(fabric.device) for t in sample_tasks(tasks_per_process, args.shots, task_generator))
         with fabric.autocast():
             meta_loss = query_losses(model, tasks, steps=1, lr=args.inner_lr).mean()
@@ -115,6 +121,8 @@ def main() -> None:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
         optimizer.step()
+        if iteration % 10 == 0:
+            fabric.log("meta_loss", meta_loss.detach(), step=iteration)  # this process's tasks
         if iteration % max(1, iterations // 5) == 0:
             loss = fabric.all_reduce(meta_loss.detach(), reduce_op="mean").item()
             fabric.print(
@@ -123,6 +131,8 @@ def main() -> None:
 
     after = evaluate(fabric, model, test_tasks, args.inner_lr)
     fabric.print(f"after training: query MSE {after[0]:.3f} before adaptation, {after[1]:.3f} after 1 step")
+    fabric.log_dict({"query_mse_0_steps": after[0], "query_mse_1_step": after[1]}, step=iterations)
+    finish(fabric, csv_logger, [["meta_loss"]], "MAML: meta-loss (query MSE after one adaptation step)")
     if fabric.is_global_zero:
         print(f"final: query MSE after 10 adaptation steps {after[2]:.3f} (was {before[2]:.3f} before meta-training)")
 

@@ -9,6 +9,9 @@ gradients of all processes, so more processes means more experience per update.
 Run on one process:                 python examples/ppo.py
 Run on 2 CPU processes with DDP:    fabric run --accelerator cpu --devices 2 examples/ppo.py
 Short run (for CI):                 add --fast
+
+The loss and the mean episode length go to a CSV file and TensorBoard under ``--log-dir``, with a PNG of their
+curves at the end (``pip install -r examples/requirements.txt``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from _pictures import finish, make_loggers
 from torch import nn
 from torch.distributions import Categorical
 
@@ -195,10 +199,12 @@ def main() -> None:
     parser.add_argument("--gamma", type=float, default=0.99)
     parser.add_argument("--gae-lambda", type=float, default=0.95)
     parser.add_argument("--clip", type=float, default=0.2)
+    parser.add_argument("--log-dir", default="fabric_logs", help="metrics (CSV, TensorBoard) and pictures go here")
     args = parser.parse_args()
     iterations = args.iterations or (20 if args.fast else 100)
 
-    fabric = Fabric()
+    csv_logger, tensorboard = make_loggers(args.log_dir, "ppo")
+    fabric = Fabric(loggers=[csv_logger, tensorboard])
     fabric.launch()
     fabric.seed_everything(7)
     model = ActorCritic()
@@ -213,7 +219,7 @@ def main() -> None:
         f" {args.steps * args.envs * fabric.world_size} steps of experience per update"
     )
     start = time.perf_counter()
-    for iteration in range(1, iterations + 1):
+    for iteration in fabric.progress(range(1, iterations + 1), desc="PPO iterations"):
         progress = (iteration - 1) / iterations
         for group in optimizer.param_groups:
             group["lr"] = args.lr * (1 - progress)  # linear decay
@@ -221,14 +227,16 @@ def main() -> None:
         loss = ppo_update(fabric, model, optimizer, rollout, args)
         stats = torch.tensor([float(sum(finished)), float(len(finished))], device=fabric.device)
         stats = fabric.all_reduce(stats, reduce_op="sum")
+        mean_length = (stats[0] / stats[1]).item() if stats[1] > 0 else float("nan")
+        fabric.log_dict({"loss": loss, "episode_length": mean_length}, step=iteration)
         if iteration % max(1, iterations // 10) == 0 or iteration == 1:
-            mean_length = (stats[0] / stats[1]).item() if stats[1] > 0 else float("nan")
             fabric.print(
                 f"iteration {iteration}/{iterations}: mean episode length {mean_length:.1f}, loss {loss:.3f}"
                 f" ({time.perf_counter() - start:.1f}s)"
             )
 
     balanced = greedy_episode_length(fabric, model, episodes=16, max_steps=args.max_steps)
+    finish(fabric, csv_logger, [["loss"], ["episode_length"]], "PPO on cart-pole")
     if fabric.is_global_zero:
         print(
             f"final: the greedy policy balances the pole for {balanced:.1f} steps on average (limit {args.max_steps})"

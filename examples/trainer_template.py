@@ -7,8 +7,9 @@ What it shows:
 - gradient accumulation that skips the gradient all-reduce on accumulating steps with ``fabric.no_backward_sync``;
 - checkpoints written with ``fabric.save`` holding model, optimizer, trainer counters and the dataloader, so
   ``fabric.load`` resumes mid-epoch at the next batch;
-- a plain-text progress bar printed by rank zero, and loggers (``CSVLogger``; ``TensorBoardLogger`` too when
-  tensorboardX is installed) fed through ``fabric.log_dict``.
+- ``fabric.progress`` bars on rank zero (live on a terminal, plain lines in logs) showing the logged metrics, and
+  loggers (``CSVLogger`` and ``TensorBoardLogger`` in one folder per run) fed through ``fabric.log_dict``, with a PNG
+  of each run's loss curves beside them (``pip install -r examples/requirements.txt``).
 
 The script trains a classifier on generated data (nothing is downloaded) three times: once without a break, once
 stopped half-way, and once resumed from that run's checkpoint; the resumed run ends with the very same weights.
@@ -23,20 +24,18 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from _pictures import draw_curves, make_loggers
 from torch import nn
 from torch.nn.functional import cross_entropy
 from torch.utils.data import DataLoader, TensorDataset
 
 from fabric_core import Fabric, FabricModule
-from fabric_loggers import CSVLogger, TensorBoardLogger
-from fabric_utils import TENSORBOARDX
 
 FEATURES, CLASSES = 20, 4
 
@@ -98,35 +97,6 @@ def teacher_dataset(count: int, seed: int) -> TensorDataset:
 
 
 # -- the trainer ----------------------------------------------------------------------------------------------------
-class ProgressBar:
-    """A plain-text progress bar on global rank zero: redrawn in place on a terminal, a line per quarter otherwise."""
-
-    def __init__(self, fabric: Fabric, width: int = 30) -> None:
-        self.fabric, self.width = fabric, width
-        self.interactive = sys.stdout.isatty()
-        self._last_quarter = -1
-
-    def update(self, epoch: int, done: int, total: int, **values: float) -> None:
-        if not self.fabric.is_global_zero:
-            return
-        quarter = 4 * done // max(total, 1)
-        if not self.interactive and (quarter == self._last_quarter or quarter == 0):
-            return
-        self._last_quarter = quarter
-        filled = self.width * done // max(total, 1)
-        shown = " ".join(f"{name} {value:.4f}" for name, value in values.items())
-        line = f"epoch {epoch} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} {shown}"
-        if self.interactive:
-            print(f"\r{line}", end="", flush=True)
-        else:
-            print(line, flush=True)
-
-    def close(self) -> None:
-        self._last_quarter = -1
-        if self.interactive and self.fabric.is_global_zero:
-            print(flush=True)
-
-
 class Trainer:
     """A compact training loop on fabric. ``Fabric()`` takes its flags from ``fabric run`` (or pass
     ``fabric_kwargs``, e.g. ``{"accelerator": "cpu", "devices": 2}``)."""
@@ -152,7 +122,6 @@ class Trainer:
         self.grad_accum_steps, self.clip_grad_norm = grad_accum_steps, clip_grad_norm
         self.log_every_n_steps = log_every_n_steps
         self.checkpoint_dir, self.checkpoint_every_n_steps = checkpoint_dir, checkpoint_every_n_steps
-        self.progress = ProgressBar(self.fabric)
         # counters, saved in checkpoints through state_dict()
         self.global_step = 0  # optimizer steps
         self.epoch = 0
@@ -215,7 +184,8 @@ class Trainer:
         self, model: FabricModule, optimizer: torch.optim.Optimizer, loader: Any, state: dict[str, Any]
     ) -> None:
         fabric, total = self.fabric, len(loader)
-        for batch in loader:  # a resumed loader starts at the first batch not yet trained on
+        # a resumed loader starts at the first batch not yet trained on; the bar (rank zero) shows the logged metrics
+        for batch in fabric.progress(loader, desc=f"epoch {self.epoch + 1}", total=total - self.batch_in_epoch):
             self.batch_in_epoch += 1
             last_of_epoch = self.batch_in_epoch == total
             accumulating = self.batch_in_epoch % self.grad_accum_steps != 0 and not last_of_epoch
@@ -232,7 +202,6 @@ class Trainer:
             optimizer.step()
             optimizer.zero_grad()
             self.global_step += 1
-            self.progress.update(self.epoch + 1, self.batch_in_epoch, total, loss=loss.item())
             if self.global_step % self.log_every_n_steps == 0:
                 fabric.log_dict({"train_loss": loss.item(), "epoch": self.epoch}, step=self.global_step)
             if self.checkpoint_every_n_steps and self.global_step % self.checkpoint_every_n_steps == 0:
@@ -240,7 +209,6 @@ class Trainer:
             if self.max_steps is not None and self.global_step >= self.max_steps:
                 self.should_stop = True
                 break
-        self.progress.close()
 
     def validate(self, model: FabricModule, loader: Any) -> dict[str, float]:
         model.eval()
@@ -308,9 +276,7 @@ class ValidationReport:
 def run(
     args: argparse.Namespace, name: str, max_steps: int | None, ckpt_path: str | None
 ) -> tuple[Trainer, FabricModule]:
-    loggers: list[Any] = [CSVLogger(args.root_dir, name="trainer_template")]
-    if TENSORBOARDX.available:
-        loggers.append(TensorBoardLogger(args.root_dir, name="trainer_template_tb"))
+    csv_logger, tensorboard = make_loggers(args.root_dir, "trainer_template")
     trainer = Trainer(
         max_epochs=args.epochs,
         max_steps=max_steps,
@@ -320,7 +286,7 @@ def run(
         checkpoint_dir=os.path.join(args.root_dir, "checkpoints", name),
         checkpoint_every_n_steps=args.checkpoint_every,
         callbacks=[LinearWarmup(steps=10), ValidationReport()],
-        loggers=loggers,
+        loggers=[csv_logger, tensorboard],
     )
     trainer.fabric.seed_everything(42, verbose=False)  # the same data order and initial weights for every run
     task = Classifier(lr=args.lr)
@@ -328,6 +294,7 @@ def run(
     val = DataLoader(teacher_dataset(args.samples // 4, seed=1), batch_size=256)
     trainer.fabric.print(f"-- {name} run ({trainer.fabric.world_size} process(es))")
     model = trainer.fit(task, train, val, ckpt_path=ckpt_path)
+    draw_curves(trainer.fabric, csv_logger, [["train_loss", "val_loss"], ["val_acc"]], f"trainer template: {name} run")
     return trainer, model
 
 
