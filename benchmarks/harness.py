@@ -225,9 +225,12 @@ def run_pair(specs: dict[str, dict[str, Any]], order: list[str], timeout: float 
             side.close()
 
 
-def warm_bytecode_cache() -> None:
-    """Compile (once) every module the benchmarks import, so that no measured process pays for compilation."""
-    code = "import torch, torch.distributed.run, fabric_core, fabric_core.cli.main, workloads"
+def warm_bytecode_cache(extra: list[str] | None = None) -> None:
+    """Compile (once) every module the benchmarks import (and the ``extra`` ones), so that no measured process pays
+    for compilation."""
+    code = ", ".join(
+        ["import torch, torch.distributed.run, fabric_core, fabric_core.cli.main, workloads", *(extra or [])]
+    )
     env = child_environment({"PYTHONPATH": str(HERE)})
     run_command([sys.executable, "-c", code], env)
 

@@ -58,6 +58,11 @@ def _verdict(value: float, target: tuple[float, str] | None, cpu_value: float = 
     return f"{sign} {bound:.2f}: {'met' if met else '**missed**'}"
 
 
+def chunk_ratio(raw: list[dict[str, Any]], other: list[dict[str, Any]], key: str) -> float:
+    """Median over every chunk pair of every repetition of ``other``'s median step time over raw's in that chunk."""
+    return median([b / a for r, o in zip(raw, other) for a, b in zip(r[key], o[key]) if a > 0])
+
+
 # -- rows --------------------------------------------------------------------------------------------------------
 def training_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     """One row per (workload, precision, processes). A result is one pair run: ``{"raw": ranks, "fabric": ranks}``.
@@ -74,10 +79,8 @@ def training_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     for (workload, precision, world_size, control), pairs in groups.items():
         raw = [p["raw"][0] for p in pairs]
         fab = [p["fabric"][0] for p in pairs]
-        digests = {rank["digest"] for p in pairs for side in p.values() for rank in side}
-        ratios = [b / a for r, f in zip(raw, fab) for a, b in zip(r["chunk_step_s"], f["chunk_step_s"]) if a > 0]
-        cpu = [b / a for r, f in zip(raw, fab) for a, b in zip(r["chunk_cpu_s"], f["chunk_cpu_s"]) if a > 0]
-        ratio, cpu_ratio = median(ratios), median(cpu)
+        digests = {rank["digest"] for p in pairs for impl in ("raw", "fabric") for rank in p[impl]}
+        ratio, cpu_ratio = chunk_ratio(raw, fab, "chunk_step_s"), chunk_ratio(raw, fab, "chunk_cpu_s")
         if "tokens_per_s" in raw[0]:
             shown = tuple(f"{median([r['tokens_per_s'] for r in side]):,.0f} tok/s" for side in (raw, fab))
         else:
@@ -167,6 +170,66 @@ def checkpoint_rows(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _parity(pairs: list[dict[str, Any]], impl: str) -> str:
+    """Weights of ``impl`` against raw's: identical (every rank's digest equals raw's) or the largest difference."""
+    raw_digests = {rank["digest"] for p in pairs for rank in p["raw"]}
+    digests = {rank["digest"] for p in pairs for rank in p[impl]}
+    if digests == raw_digests and len(digests) == 1:
+        return "identical"
+    diffs = [p[impl][0].get("max_abs_diff_vs_raw", math.nan) for p in pairs]
+    ranks = "" if all(len({r["digest"] for r in p[impl]}) == 1 for p in pairs) else "; ranks differ"
+    return f"max abs diff {max(diffs):.1e}{ranks}"
+
+
+def peer_rows(results: list[dict[str, Any]], peers: dict[str, str]) -> list[list[str]]:
+    """One row per configuration that ran with the peers in ``peers`` (impl -> version): each side's median step
+    time with its ratio to raw (as in ``training_rows``), CPU-time ratios, weights against raw, peak RSS, and
+    whether fabric's ratio is below every peer's (wall and CPU time both)."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for pair in results:
+        if all(impl in pair for impl in peers):
+            trial = pair["raw"][0]["trial"]
+            groups.setdefault((trial["workload"], trial["precision"], trial["world_size"]), []).append(pair)
+    sides = ["fabric", *peers]
+    rows = []
+    for (workload, precision, world_size), pairs in groups.items():
+        raw = [p["raw"][0] for p in pairs]
+        by_side = {impl: [p[impl][0] for p in pairs] for impl in sides}
+        wall = {impl: chunk_ratio(raw, by_side[impl], "chunk_step_s") for impl in sides}
+        cpu = {impl: chunk_ratio(raw, by_side[impl], "chunk_cpu_s") for impl in sides}
+        ahead = all(wall["fabric"] < wall[p] and cpu["fabric"] < cpu[p] for p in peers)
+        rows.append(
+            [
+                f"{workload}, {precision}, " + ("1 proc" if world_size == 1 else f"{world_size} procs (DDP, gloo)"),
+                _time(median([r["step_median_s"] for r in raw])),
+                *(f"{_time(median([r['step_median_s'] for r in by_side[i]]))} ({wall[i]:.3f})" for i in sides),
+                " / ".join(f"{cpu[i]:.3f}" for i in sides),
+                " / ".join(_parity(pairs, i) for i in sides),
+                " / ".join(f"{median([r['peak_rss_mib'] for r in side]):.0f}" for side in (raw, *by_side.values())),
+                f"{len(pairs)}x{len(raw[0]['chunk_step_s'])}",
+                "yes" if ahead else "**no**",
+            ]
+        )
+    return rows
+
+
+def peer_header(peers: dict[str, str], names: dict[str, str]) -> list[str]:
+    """The peers' table header: ``names`` maps impl -> display name (``workloads.PEERS``)."""
+    labels = [f"{names[i]} {v}" for i, v in peers.items()]
+    short = " / ".join(["fabric", *(impl.capitalize() for impl in peers)])
+    return [
+        "benchmark",
+        "raw torch (median)",
+        "fabric (ratio)",
+        *(f"{label} (ratio)" for label in labels),
+        f"CPU-time ratio {short}",
+        f"weights vs raw: {short}",
+        f"peak RSS MiB raw / {short}",
+        "runs",
+        "fabric ahead of every peer",
+    ]
+
+
 HEADER = [
     "benchmark",
     "raw torch (median)",
@@ -180,8 +243,8 @@ HEADER = [
 ]
 
 
-def table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+def table(rows: list[list[str]], header: list[str] = HEADER) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -209,7 +272,13 @@ def machine() -> str:
 
 
 def render(
-    rows: list[list[str]], *, command: str, started: float, duration: float, load: tuple[str, str] | list[str]
+    rows: list[list[str]],
+    *,
+    command: str,
+    started: float,
+    duration: float,
+    load: tuple[str, str] | list[str],
+    header: list[str] = HEADER,
 ) -> str:
     when = datetime.datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M")
     return "\n".join(
@@ -218,7 +287,7 @@ def render(
             f"Command: `{command}` ({duration / 60:.1f} min)."
             f" Load average (1 min) before / after: {load[0]} / {load[1]}.",
             "",
-            table(rows),
+            table(rows, header),
         ]
     )
 

@@ -5,18 +5,25 @@
     python benchmarks/run.py --only train import
     python benchmarks/run.py --cuda          # adds the bf16-mixed GPT workload on one CUDA GPU
     python benchmarks/run.py --update-readme # also writes the table into benchmarks/README.md
+    python benchmarks/run.py --no-peers      # leave out Lightning Fabric and HF Accelerate even if installed
 
 Every training trial is a fresh process; raw PyTorch (A) and fabric (B) alternate (A B A B ...), and ratios are
-medians over the back-to-back pairs. Results go to ``benchmarks/results/latest.json`` and the table to stdout.
+medians over the back-to-back pairs. Where Lightning Fabric or HF Accelerate is importable (``pip install -r
+benchmarks/requirements-peers.txt``, as ``nox -s bench`` does) they join the fabric rows of the training suite as
+more sides of the same rotation (A B C D, then D C B A). Results go to ``benchmarks/results/latest.json`` and the
+tables to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +37,18 @@ from harness import (
     run_pair,
     warm_bytecode_cache,
 )
-from report import checkpoint_rows, import_row, launch_row, render, training_rows, update_readme
+from report import (
+    checkpoint_rows,
+    import_row,
+    launch_row,
+    peer_header,
+    peer_rows,
+    render,
+    training_rows,
+    update_readme,
+)
 from startup import import_suite, launch_suite
-from workloads import WORKLOADS
+from workloads import PEERS, WORKLOADS, max_abs_diff
 
 SUITES = ("train", "import", "launch", "checkpoint", "sharded", "profile", "cuda")
 CPU_SUITES = SUITES[:-1]
@@ -73,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "latest.json")
     parser.add_argument("--update-readme", action="store_true", help="write the table into benchmarks/README.md")
     parser.add_argument(
+        "--no-peers", action="store_true", help="leave out Lightning Fabric and HF Accelerate even where installed"
+    )
+    parser.add_argument(
         "--from-json", type=Path, metavar="PATH", help="render the tables of a saved run (its --json file); run nothing"
     )
     args = parser.parse_args(argv)
@@ -97,23 +116,54 @@ def trial_spec(workload: str, impl: str, precision: str, world_size: int, quick:
     }
 
 
-def train_suite(configs: list[tuple[str, str, int, str]], reps: int, quick: bool, device: str) -> list[dict[str, Any]]:
-    """Every configuration ``reps`` times: a fresh raw and a fresh fabric process each time, taking turns chunk by
-    chunk (who goes first alternates between repetitions); repetitions are interleaved across configurations."""
+def installed_peers() -> tuple[dict[str, str], list[str]]:
+    """The peers importable here (impl -> version) and a note for each one that is not."""
+    found, notes = {}, []
+    for impl, (distribution, name) in PEERS.items():
+        if importlib.util.find_spec(impl) is None:
+            notes.append(
+                f"{name} is not installed: its column is left out (pip install -r benchmarks/requirements-peers.txt)"
+            )
+        else:
+            found[impl] = importlib.metadata.version(distribution)
+    return found, notes
+
+
+def train_suite(
+    configs: list[tuple[str, str, int, str]], reps: int, quick: bool, device: str, peers: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Every configuration ``reps`` times: a fresh raw and a fresh fabric process each time (and one per peer in the
+    fabric rows), taking turns chunk by chunk (the order reverses between repetitions); repetitions are interleaved
+    across configurations. Every side's final weights are compared with raw's (max abs diff where not identical)."""
     results = []
     for rep in range(reps):
         for workload, precision, world_size, side_b in configs:
-            specs = {
-                "raw": trial_spec(workload, "raw", precision, world_size, quick, device),
-                "fabric": trial_spec(workload, side_b, precision, world_size, quick, device),
-            }
-            order = list(IMPLS) if rep % 2 == 0 else list(reversed(IMPLS))
-            pair = run_pair(specs, order)
+            sides = [*IMPLS, *(peers if side_b == "fabric" else [])]
+            with tempfile.TemporaryDirectory(prefix="fabric-bench-weights-") as weights:
+                specs = {
+                    impl: {
+                        **trial_spec(
+                            workload, side_b if impl == "fabric" else impl, precision, world_size, quick, device
+                        ),
+                        "weights_path": os.path.join(weights, f"{impl}.pt"),
+                    }
+                    for impl in sides
+                }
+                pair = run_pair(specs, sides if rep % 2 == 0 else sides[::-1])
+                for impl in sides[1:]:
+                    ours, raw = pair[impl][0], pair["raw"][0]
+                    same = ours["digest"] == raw["digest"]
+                    ours["max_abs_diff_vs_raw"] = (
+                        0.0 if same else max_abs_diff(specs["raw"]["weights_path"], specs[impl]["weights_path"])
+                    )
             results.append(pair)
-            raw, fab = pair["raw"][0], pair["fabric"][0]
+            raw_s = pair["raw"][0]["step_median_s"]
+            shown = "  ".join(
+                f"{side_b if impl == 'fabric' else impl} {pair[impl][0]['step_median_s'] / raw_s:.3f}"
+                for impl in sides[1:]
+            )
             print(
-                f"  [{rep + 1}/{reps}] {workload:8s} {precision:10s} x{world_size}  raw {raw['step_median_s']:.4g} s"
-                f"  {side_b} {fab['step_median_s']:.4g} s  ratio {fab['step_median_s'] / raw['step_median_s']:.3f}",
+                f"  [{rep + 1}/{reps}] {workload:8s} {precision:10s} x{world_size}  raw {raw_s:.4g} s  {shown}",
                 flush=True,
             )
     return results
@@ -149,9 +199,9 @@ def rows_for(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def run_suite(suite: str, reps: int, quick: bool) -> Any:
+def run_suite(suite: str, reps: int, quick: bool, peers: tuple[str, ...]) -> Any:
     if suite == "train":
-        return train_suite(TRAIN_CONFIGS, reps, quick, "cpu")
+        return train_suite(TRAIN_CONFIGS, reps, quick, "cpu", peers)
     if suite == "cuda":
         return train_suite([("gpt", "bf16-mixed", 1, "fabric")], reps, quick, "cuda")
     if suite == "import":
@@ -178,6 +228,10 @@ def publish(saved: dict[str, Any], update: bool) -> None:
     profile_text = results.get("profile") if isinstance(results.get("profile"), str) else ""
     print()
     print(text)
+    peers_text = render_peers(saved)
+    if peers_text:
+        print()
+        print(peers_text)
     if profile_text:
         print()
         print(profile_text)
@@ -185,6 +239,25 @@ def publish(saved: dict[str, Any], update: bool) -> None:
         update_readme(text)
         if profile_text:
             update_readme(profile_text, block="profile")
+        if peers_text:
+            update_readme(peers_text, block="peers")
+
+
+def render_peers(saved: dict[str, Any]) -> str:
+    """The peers' table of a run (empty if its training suite ran without any), with the notes on missing peers."""
+    train = saved["results"].get("train")
+    peers = saved.get("peers", {})
+    if not isinstance(train, list) or not peers:
+        return ""
+    text = render(
+        peer_rows(train, peers),
+        command=saved.get("command", "(not recorded)"),
+        started=saved["started"],
+        duration=saved["duration_s"],
+        load=saved.get("load", ("?", "?")),
+        header=peer_header(peers, {impl: name for impl, (_, name) in PEERS.items()}),
+    )
+    return "\n".join([text, *(f"\n{note}." for note in saved.get("peer_notes", []))])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,15 +271,18 @@ def main(argv: list[str] | None = None) -> int:
     if "cuda" in suites and not cuda_available():
         print("--cuda: CUDA is not available on this machine; the GPT workload needs a GPU", file=sys.stderr)
         return 2
+    peers, peer_notes = ({}, ["Peers left out (--no-peers)"]) if args.no_peers else installed_peers()
+    for note in peer_notes:
+        print(note, flush=True)
     started, load_before = time.time(), f"{os.getloadavg()[0]:.1f}"
     print("compiling bytecode for the benchmark processes ...", flush=True)
-    warm_bytecode_cache()
+    warm_bytecode_cache(list(peers))
     results: dict[str, Any] = {}
     for suite in suites:
         reps = reps_for(suite, args)
         print(f"suite {suite} ({reps} repetitions per side)", flush=True)
         try:
-            results[suite] = run_suite(suite, reps, args.quick)
+            results[suite] = run_suite(suite, reps, args.quick, tuple(peers))
         except ChildFailedError as err:
             print(f"suite {suite} failed: {err}", file=sys.stderr)
             results[suite] = {"error": str(err)}
@@ -215,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": time.time() - started,
         "command": "nox -s bench" + (" -- " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""),
         "load": (load_before, f"{os.getloadavg()[0]:.1f}"),
+        "peers": peers,
+        "peer_notes": peer_notes,
         "results": results,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,9 @@
 Both versions of a loop do the same arithmetic in the same order (same seeds, same data order, same optimizer), so
 their final weights must be bit-identical; the only difference is the code that fabric adds around it. Each loop
 records a time stamp after every optimizer step; the harness turns those into per-step times.
+
+The peers (Lightning Fabric, HF Accelerate; optional, see ``PEERS``) run the same loop written the way their own
+documentation tells users to write it; their weights are compared with raw's as measured, not required to match.
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ import torch.nn.functional as F  # noqa: N812 - the usual spelling
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-Impl = Literal["raw", "fabric"]
+Impl = Literal["raw", "fabric", "lightning", "accelerate"]
+#: the optional peers: impl -> (the distribution that provides it, how the tables name it)
+PEERS: dict[str, tuple[str, str]] = {
+    "lightning": ("lightning", "Lightning Fabric"),
+    "accelerate": ("accelerate", "HF Accelerate"),
+}
 PRECISIONS = ("32-true", "bf16-mixed")
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -191,6 +199,7 @@ class Trial:
     chunks: int
     device: str = "cpu"
     threads: int = 1
+    weights_path: str = ""  # where rank 0 saves its final state_dict (for the harness's max-abs-diff check)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -293,13 +302,24 @@ def _summary(trial: Trial, workload: Workload, meter: Meter, model: nn.Module) -
         "step_cpu_median_s": _median([t for c in meter.chunk_cpu for t in c]),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "digest": weights_digest(model),
+        "torch_threads": torch.get_num_threads(),
     }
+    if trial.weights_path and int(os.environ.get("RANK", "0")) == 0:
+        torch.save({k: v.detach().to("cpu") for k, v in model.state_dict().items()}, trial.weights_path)
     if workload.language_model:
         tokens = workload.batch_size * model.positions.weight.shape[0] * trial.world_size  # type: ignore[union-attr]
         result["tokens_per_s"] = tokens / result["step_median_s"]
     if meter.device.type == "cuda":
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(meter.device) / 2**20
     return result
+
+
+def max_abs_diff(path_a: str, path_b: str) -> float:
+    """The largest absolute difference between two saved state_dicts (inf if their names or shapes differ)."""
+    a, b = torch.load(path_a, weights_only=True), torch.load(path_b, weights_only=True)
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return math.inf
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
 def _median(values: list[float]) -> float:
@@ -363,12 +383,42 @@ def run_raw(trial: Trial, handshake: Callable[[str], None]) -> dict[str, Any]:
     return result
 
 
-# -- fabric ------------------------------------------------------------------------------------------------------
+def _train(
+    workload: Workload, meter: Meter, loader: Any, model: Any, optimizer: Any, backward: Callable[[Any], Any]
+) -> None:
+    """The loop of fabric and the peers, their own wrappers in hand (``backward``: ``fabric.backward``, ...)."""
+    meter.start()
+    running = True
+    while running:
+        for batch in loader:
+            inputs, targets = _split(workload, batch)
+            optimizer.zero_grad()
+            output = model(inputs)
+            loss = _loss(workload, output, targets)
+            backward(loss)
+            optimizer.step()
+            running = meter.step()
+            if not running:
+                break
+
+
+# -- fabric and Lightning Fabric -------------------------------------------------------------------------------
 def run_fabric(trial: Trial, handshake: Callable[[str], None]) -> dict[str, Any]:
     from fabric_core import Fabric
 
+    return _run_fabric_api(Fabric, trial, handshake)
+
+
+def run_lightning(trial: Trial, handshake: Callable[[str], None]) -> dict[str, Any]:
+    """Lightning Fabric: the same loop, which is what its docs show (``setup``, ``setup_dataloaders``, ``backward``)."""
+    from lightning.fabric import Fabric
+
+    return _run_fabric_api(Fabric, trial, handshake)
+
+
+def _run_fabric_api(fabric_class: Any, trial: Trial, handshake: Callable[[str], None]) -> dict[str, Any]:
     workload = WORKLOADS[trial.workload]
-    fabric = Fabric(
+    fabric = fabric_class(
         accelerator=trial.device,
         devices=trial.world_size,
         strategy="ddp" if trial.world_size > 1 else "auto",
@@ -381,22 +431,42 @@ def run_fabric(trial: Trial, handshake: Callable[[str], None]) -> dict[str, Any]
     model, optimizer = fabric.setup(model, optimizer)
     loader = fabric.setup_dataloaders(DataLoader(workload.make_data(), batch_size=workload.batch_size, shuffle=True))
     meter = Meter(trial, fabric.device, handshake)
-    meter.start()
-    running = True
-    while running:
-        for batch in loader:
-            inputs, targets = _split(workload, batch)
-            optimizer.zero_grad()
-            output = model(inputs)
-            loss = _loss(workload, output, targets)
-            fabric.backward(loss)
-            optimizer.step()
-            running = meter.step()
-            if not running:
-                break
+    _train(workload, meter, loader, model, optimizer, fabric.backward)
     result = _summary(trial, workload, meter, model.module)
     fabric.strategy.teardown()
     return result
 
 
-RUNNERS: dict[str, Callable[[Trial, Callable[[str], None]], dict[str, Any]]] = {"raw": run_raw, "fabric": run_fabric}
+# -- HF Accelerate -----------------------------------------------------------------------------------------------
+ACCELERATE_PRECISION = {"32-true": "no", "bf16-mixed": "bf16", "16-mixed": "fp16"}
+
+
+def run_accelerate(trial: Trial, handshake: Callable[[str], None]) -> dict[str, Any]:
+    """HF Accelerate as its docs show: ``Accelerator(mixed_precision=...)``, ``prepare``, ``accelerator.backward``.
+
+    Under DDP the harness starts the ranks with torchrun's variables, as ``accelerate launch`` would; on the CPU
+    Accelerate then joins a gloo group (the backend is recorded in the result).
+    """
+    from accelerate import Accelerator
+
+    workload = WORKLOADS[trial.workload]
+    accelerator = Accelerator(cpu=trial.device == "cpu", mixed_precision=ACCELERATE_PRECISION[trial.precision])
+    torch.manual_seed(0)
+    model = workload.build_model()
+    optimizer = _optimizer(workload, model)
+    loader = DataLoader(workload.make_data(), batch_size=workload.batch_size, shuffle=True)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    meter = Meter(trial, accelerator.device, handshake)
+    _train(workload, meter, loader, model, optimizer, accelerator.backward)
+    result = _summary(trial, workload, meter, accelerator.unwrap_model(model))
+    result["backend"] = accelerator.state.backend
+    accelerator.end_training()
+    return result
+
+
+RUNNERS: dict[str, Callable[[Trial, Callable[[str], None]], dict[str, Any]]] = {
+    "raw": run_raw,
+    "fabric": run_fabric,
+    "lightning": run_lightning,
+    "accelerate": run_accelerate,
+}
