@@ -375,8 +375,10 @@ def examples(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Overhead and parity benchmarks against raw PyTorch (see benchmarks/README.md)."""
+    """Overhead and parity benchmarks against raw PyTorch and the peers (see benchmarks/README.md)."""
     install_packages(session, ["fabric-core"])
+    # Lightning Fabric and HF Accelerate, for the peer columns: this environment only, on the pinned torch
+    session.install("-c", CONSTRAINTS, "-r", str(ROOT / "benchmarks" / "requirements-peers.txt"))
     session.run("python", str(ROOT / "benchmarks" / "run.py"), *session.posargs)
 
 
