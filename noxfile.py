@@ -384,10 +384,16 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def docs(session: nox.Session) -> None:
-    """The user guide and API reference, warnings treated as errors."""
+    """Build the user guide and the CLI and API references (warnings are errors), then check every page in Chromium.
+
+    docs/check_pages.py opens each page at 1280 and 390 px and fails on cut-off code, tables or a broken layout; it
+    needs the system's Chromium (Debian: apt-get install chromium) and writes screenshots to docs/_build/screenshots.
+    """
     install_packages(session, [*PACKAGES])
-    session.install("sphinx>=7", "myst-parser>=2")
-    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", str(ROOT / "docs"), str(ROOT / "docs" / "_build"))
+    session.install("sphinx>=7", "myst-parser>=2", "furo>=2024.8.6", "sphinx-click>=6", "playwright>=1.40")
+    build = str(ROOT / "docs" / "_build")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", str(ROOT / "docs"), build)
+    session.run("python", str(ROOT / "docs" / "check_pages.py"), build, *session.posargs)
 
 
 @nox.session(python=False)
