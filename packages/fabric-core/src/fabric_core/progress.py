@@ -121,6 +121,7 @@ class Progress(Generic[T]):
         self._changed = False
         self._bar: Any = None  # the tqdm bar on a terminal
         self._stream: IO[str] | None = None  # the stream of plain lines otherwise
+        self._format_meter: Any = None  # tqdm's line formatter (kept: a bar closed at interpreter exit cannot import)
         self._n = 0
         self._start = 0.0
         self._last_line_n = 0
@@ -166,6 +167,7 @@ class Progress(Generic[T]):
         from tqdm import tqdm  # a light dependency, imported by rank zero only when a bar opens
 
         file = self._file if self._file is not None else sys.stderr
+        self._format_meter = tqdm.format_meter
         self._n, self._start = 0, time.monotonic()
         self._last_line_n, self._last_line_time = 0, self._start
         self._latest, self._changed = {}, False
@@ -188,11 +190,9 @@ class Progress(Generic[T]):
             self._write_line(now)
 
     def _write_line(self, now: float) -> None:
-        from tqdm import tqdm
-
         assert self._stream is not None
         postfix = self.postfix()
-        line = tqdm.format_meter(
+        line = self._format_meter(
             self._n,
             self.total,
             now - self._start,
