@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import warnings
-from typing import ClassVar
+from typing import ClassVar, get_args
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fabric_accelerators import CPUAccelerator
-from fabric_core.connector import Plan, build, pick_strategy_name, resolve_plan, split_plugins
+from fabric_accelerators import ACCELERATOR_REGISTRY, CPUAccelerator
+from fabric_core.connector import (
+    AcceleratorName,
+    Plan,
+    StrategyName,
+    build,
+    pick_strategy_name,
+    resolve_plan,
+    split_plugins,
+)
 from fabric_environments import LightningEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from fabric_io import TorchCheckpointIO
 from fabric_precision import Precision, precision_plugin
@@ -24,6 +32,12 @@ def plan(**kwargs: object) -> Plan:
     kwargs.setdefault("environ", {})
     kwargs.setdefault("interactive", False)
     return resolve_plan(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_name_types_list_exactly_the_registered_names() -> None:
+    """The Literal types are for editors; the registries are the one list of names, and these types follow them."""
+    assert sorted(get_args(StrategyName)) == sorted(["auto", *STRATEGY_REGISTRY.names()])
+    assert sorted(get_args(AcceleratorName)) == sorted(["auto", "gpu", *ACCELERATOR_REGISTRY.names()])
 
 
 def test_defaults_resolve_to_one_cpu_process_in_full_precision() -> None:

@@ -16,14 +16,11 @@ from fabric_accelerators.xla import XLAAccelerator
 from fabric_utils import Registry, UnknownNameError
 
 ACCELERATOR_REGISTRY: Registry[Accelerator] = Registry("accelerator", entry_point_group="fabric.accelerators")
-
-
-def _register_builtins(registry: Registry[Accelerator]) -> None:
-    for cls in (CPUAccelerator, CUDAAccelerator, MPSAccelerator, XLAAccelerator):
-        cls.register_accelerators(registry)
-
-
-_register_builtins(ACCELERATOR_REGISTRY)
+ACCELERATOR_REGISTRY.register("cpu", CPUAccelerator)
+ACCELERATOR_REGISTRY.register("cuda", CUDAAccelerator)
+ACCELERATOR_REGISTRY.register("mps", MPSAccelerator)
+ACCELERATOR_REGISTRY.register("xla", XLAAccelerator)
+ACCELERATOR_REGISTRY.register("tpu", XLAAccelerator, description="Alias of 'xla' (XLAAccelerator).")
 
 SPECIAL_NAMES = ("auto", "gpu")
 """Names ``resolve_accelerator_name`` answers that are not registry entries."""

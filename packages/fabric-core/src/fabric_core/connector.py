@@ -24,17 +24,30 @@ from fabric_precision import Precision, parse_precision
 from fabric_strategies import STRATEGY_REGISTRY, ParallelStrategy, Strategy, resolve_strategy_name
 
 AcceleratorName = Literal["auto", "cpu", "cuda", "gpu", "mps", "tpu", "xla"]
+#: "auto" and every built-in strategy name (a test checks it against STRATEGY_REGISTRY, the one list of names)
 StrategyName = Literal[
     "auto",
+    "single_device",
     "dp",
     "ddp",
     "ddp_spawn",
     "ddp_fork",
     "ddp_notebook",
     "ddp_find_unused_parameters_true",
+    "ddp_spawn_find_unused_parameters_true",
+    "ddp_fork_find_unused_parameters_true",
+    "ddp_notebook_find_unused_parameters_true",
+    "deepspeed",
+    "deepspeed_stage_1",
+    "deepspeed_stage_1_offload",
+    "deepspeed_stage_2",
+    "deepspeed_stage_2_offload",
+    "deepspeed_stage_3",
+    "deepspeed_stage_3_offload",
+    "deepspeed_stage_3_offload_nvme",
     "fsdp",
     "fsdp_cpu_offload",
-    "deepspeed",
+    "model_parallel",
     "xla",
     "xla_fsdp",
     "single_xla",

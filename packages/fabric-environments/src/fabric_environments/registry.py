@@ -19,22 +19,18 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "fabric.environments"
 
-_BUILTIN: dict[str, type[ClusterEnvironment]] = {
-    "lightning": LightningEnvironment,
-    "local": LightningEnvironment,
-    "torchelastic": TorchElasticEnvironment,
-    "slurm": SLURMEnvironment,
-    "lsf": LSFEnvironment,
-    "mpi": MPIEnvironment,
-    "kubeflow": KubeflowEnvironment,
-    "xla": XLAEnvironment,
-}
-
 
 def _build_registry() -> Registry[ClusterEnvironment]:
+    """A registry of the built-in environments (a fresh one reads the installed entry points anew)."""
     registry: Registry[ClusterEnvironment] = Registry("cluster environment", entry_point_group=ENTRY_POINT_GROUP)
-    for name, cls in _BUILTIN.items():
-        registry.register(name, cls)
+    registry.register("lightning", LightningEnvironment)
+    registry.register("local", LightningEnvironment)
+    registry.register("torchelastic", TorchElasticEnvironment)
+    registry.register("slurm", SLURMEnvironment)
+    registry.register("lsf", LSFEnvironment)
+    registry.register("mpi", MPIEnvironment)
+    registry.register("kubeflow", KubeflowEnvironment)
+    registry.register("xla", XLAEnvironment)
     return registry
 
 

@@ -1,7 +1,9 @@
-"""The built-in strategy names whose modules load on first use: DeepSpeed, FSDP, model parallel and XLA.
+"""Every built-in strategy name: the class it builds, its one-line description and its options.
 
-Their names, descriptions and options are listed here, so ``STRATEGY_REGISTRY`` can offer them (and list them in
-errors and ``fabric env``) while ``import fabric_strategies`` imports none of their modules.
+This table is the one list of strategy names: ``STRATEGY_REGISTRY`` registers each of them (a class is imported when
+its name is first looked up, so ``import fabric_strategies`` imports no DeepSpeed, FSDP or XLA module), a subclass of
+a built-in class registers under its names through ``register_strategies``, and fabric-core's ``StrategyName`` is
+checked against it by a test.
 """
 
 from __future__ import annotations
@@ -20,10 +22,71 @@ class ListedStrategy(NamedTuple):
     options: dict[str, Any]
 
 
+_DDP = "fabric_strategies.ddp:DDPStrategy"
 _DEEPSPEED = "fabric_strategies.deepspeed.strategy:DeepSpeedStrategy"
 _FSDP = "fabric_strategies.fsdp.strategy:FSDPStrategy"
 
 LISTED_STRATEGIES: tuple[ListedStrategy, ...] = (
+    ListedStrategy(
+        "single_device",
+        "fabric_strategies.single_device:SingleDeviceStrategy",
+        "One process on one device (the CPU unless a device is given or completed).",
+        {},
+    ),
+    ListedStrategy(
+        "dp",
+        "fabric_strategies.dp:DataParallelStrategy",
+        "One process; each batch is split over several CUDA GPUs with torch.nn.DataParallel (CUDA only).",
+        {},
+    ),
+    ListedStrategy(
+        "ddp",
+        _DDP,
+        "DistributedDataParallel; the script is run again for each extra local process.",
+        {"start_method": "popen"},
+    ),
+    ListedStrategy(
+        "ddp_spawn",
+        _DDP,
+        "DistributedDataParallel in processes started with multiprocessing 'spawn'.",
+        {"start_method": "spawn"},
+    ),
+    ListedStrategy(
+        "ddp_fork",
+        _DDP,
+        "DistributedDataParallel in processes forked from this one (no CUDA before launch).",
+        {"start_method": "fork"},
+    ),
+    ListedStrategy(
+        "ddp_notebook",
+        _DDP,
+        "ddp_fork for notebooks and the REPL: the launched function runs in forked processes.",
+        {"start_method": "fork"},
+    ),
+    ListedStrategy(
+        "ddp_find_unused_parameters_true",
+        _DDP,
+        "ddp with find_unused_parameters=True, for models whose forward skips some parameters.",
+        {"start_method": "popen", "find_unused_parameters": True},
+    ),
+    ListedStrategy(
+        "ddp_spawn_find_unused_parameters_true",
+        _DDP,
+        "ddp_spawn with find_unused_parameters=True.",
+        {"start_method": "spawn", "find_unused_parameters": True},
+    ),
+    ListedStrategy(
+        "ddp_fork_find_unused_parameters_true",
+        _DDP,
+        "ddp_fork with find_unused_parameters=True.",
+        {"start_method": "fork", "find_unused_parameters": True},
+    ),
+    ListedStrategy(
+        "ddp_notebook_find_unused_parameters_true",
+        _DDP,
+        "ddp_notebook with find_unused_parameters=True.",
+        {"start_method": "fork", "find_unused_parameters": True},
+    ),
     ListedStrategy(
         "deepspeed", _DEEPSPEED, "DeepSpeed with its default ZeRO stage 2 (optimizer states and gradients sharded).", {}
     ),

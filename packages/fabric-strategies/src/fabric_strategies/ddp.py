@@ -18,6 +18,7 @@ from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import Precision
 from fabric_strategies.base import Strategy
+from fabric_strategies.catalog import register_listed_class
 from fabric_strategies.parallel import ParallelStrategy, StartMethod
 from fabric_strategies.process_group import DEFAULT_TIMEOUT
 from fabric_strategies.teardown import track_ddp_wrapper
@@ -113,8 +114,7 @@ class DDPStrategy(ParallelStrategy):
     @classmethod
     @override
     def register_strategies(cls, registry: Registry[Strategy]) -> None:
-        for name, description, kwargs in _DDP_ENTRIES:
-            registry.register(name, cls, description=description, **kwargs)
+        register_listed_class(registry, cls, listed_as=DDPStrategy)
 
     @override
     def __repr__(self) -> str:
@@ -122,47 +122,3 @@ class DDPStrategy(ParallelStrategy):
             f"{type(self).__name__}(start_method={self._start_method!r}, backend={self._process_group_backend!r},"
             f" timeout={self._timeout}, ddp_kwargs={self._ddp_kwargs})"
         )
-
-
-_DDP_ENTRIES: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    (
-        "ddp",
-        "DistributedDataParallel; the script is run again for each extra local process.",
-        {"start_method": "popen"},
-    ),
-    (
-        "ddp_spawn",
-        "DistributedDataParallel in processes started with multiprocessing 'spawn'.",
-        {"start_method": "spawn"},
-    ),
-    (
-        "ddp_fork",
-        "DistributedDataParallel in processes forked from this one (no CUDA before launch).",
-        {"start_method": "fork"},
-    ),
-    (
-        "ddp_notebook",
-        "ddp_fork for notebooks and the REPL: the launched function runs in forked processes.",
-        {"start_method": "fork"},
-    ),
-    (
-        "ddp_find_unused_parameters_true",
-        "ddp with find_unused_parameters=True, for models whose forward skips some parameters.",
-        {"start_method": "popen", "find_unused_parameters": True},
-    ),
-    (
-        "ddp_spawn_find_unused_parameters_true",
-        "ddp_spawn with find_unused_parameters=True.",
-        {"start_method": "spawn", "find_unused_parameters": True},
-    ),
-    (
-        "ddp_fork_find_unused_parameters_true",
-        "ddp_fork with find_unused_parameters=True.",
-        {"start_method": "fork", "find_unused_parameters": True},
-    ),
-    (
-        "ddp_notebook_find_unused_parameters_true",
-        "ddp_notebook with find_unused_parameters=True.",
-        {"start_method": "fork", "find_unused_parameters": True},
-    ),
-)

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from fabric_strategies.base import Strategy
 from fabric_strategies.catalog import register_listed
-from fabric_strategies.ddp import DDPStrategy
-from fabric_strategies.dp import DataParallelStrategy
-from fabric_strategies.single_device import SingleDeviceStrategy
 from fabric_utils import Registry, rank_zero_warn
 
 #: third-party packages add strategies through the ``fabric.strategies`` entry-point group: the entry point loads
 #: to a callable that receives this registry (e.g. ``MyStrategy.register_strategies``)
 STRATEGY_REGISTRY: Registry[Strategy] = Registry("strategy", entry_point_group="fabric.strategies")
-
-for _builtin in (SingleDeviceStrategy, DataParallelStrategy, DDPStrategy):
-    _builtin.register_strategies(STRATEGY_REGISTRY)
-# DeepSpeed, FSDP, model parallel and XLA: their modules are imported when one of their names is first looked up
+#: every built-in name of ``catalog.LISTED_STRATEGIES``; a class is imported when one of its names is first looked up
 register_listed(STRATEGY_REGISTRY)
 
 

@@ -44,6 +44,17 @@ class Registry(Generic[_T]):
 
     A name registered with :meth:`register_deferred` names its factory as ``"module:attribute"``: the module is
     imported when that name is first looked up, so listing names and descriptions imports nothing.
+
+    Every package registers its built-ins the same way: its ``registry`` module creates the registry and then calls
+    :meth:`register` once per name (one class may stand under several names with other keyword arguments), or
+    :meth:`register_deferred` for a class whose module should load on first use::
+
+        STRATEGY_REGISTRY: Registry[Strategy] = Registry("strategy", entry_point_group="fabric.strategies")
+        STRATEGY_REGISTRY.register("ddp_spawn", DDPStrategy, description="...", start_method="spawn")
+        STRATEGY_REGISTRY.register_deferred("fsdp", "fabric_strategies.fsdp.strategy:FSDPStrategy", description="...")
+
+    The classes' own registering classmethods (``Accelerator.register_accelerators``,
+    ``Strategy.register_strategies``) are for third-party entry points and subclasses, not for built-ins.
     """
 
     def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
