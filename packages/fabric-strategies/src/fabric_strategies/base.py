@@ -6,6 +6,7 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -70,9 +71,27 @@ def _check_part(value: Any, expected: type, name: str) -> None:
         raise TypeError(f"`{name}` must be a {expected.__name__} instance, got {value!r}")
 
 
+@dataclass(frozen=True)
+class Parts:
+    """The parts ``Strategy.complete`` hands to ``Strategy._complete``: what the connector built for the user's flags.
+
+    ``None`` means "not given"; a strategy takes only the parts it has no value for and ignores those it has no use
+    for (a cluster environment for a single device).
+    """
+
+    accelerator: Accelerator | None = None
+    precision: Precision | None = None
+    checkpoint_io: CheckpointIO | None = None
+    cluster_environment: ClusterEnvironment | None = None
+    parallel_devices: list[torch.device] | None = None
+    num_nodes: int | None = None
+
+
 class Strategy(ABC):
     """Where a model runs and how its processes cooperate. Its parts (accelerator, precision, checkpoint IO) are
     given to the constructor or filled in later by ``complete()``; a part that is set is never replaced.
+    A subclass that takes more parts, or checks them, overrides ``_complete(parts)`` (and calls ``super()``), and
+    one that accepts only some precision plugins overrides ``_check_precision_plugin``.
 
     The base class describes a single process; ``ParallelStrategy`` adds process groups.
     """
@@ -92,6 +111,7 @@ class Strategy(ABC):
         checkpoint_io: CheckpointIO | None = None,
         precision: Precision | None = None,
     ) -> None:
+        self._check_precision_plugin(precision)
         _check_part(accelerator, Accelerator, "accelerator")
         _check_part(checkpoint_io, CheckpointIO, "checkpoint_io")
         _check_part(precision, Precision, "precision")
@@ -151,17 +171,35 @@ class Strategy(ABC):
 
         Parts a strategy has no use for (a cluster environment for a single device) are ignored.
         """
-        _check_part(accelerator, Accelerator, "accelerator")
-        _check_part(checkpoint_io, CheckpointIO, "checkpoint_io")
-        _check_part(precision, Precision, "precision")
-        if self._accelerator is None and accelerator is not None:
-            self._accelerator = accelerator
-        if self._precision is None and precision is not None:
-            self._check_precision_supported(precision.precision)
-            self._precision = precision
-        if self._checkpoint_io is None and checkpoint_io is not None:
-            self._checkpoint_io = checkpoint_io
+        self._complete(
+            Parts(
+                accelerator=accelerator,
+                precision=precision,
+                checkpoint_io=checkpoint_io,
+                cluster_environment=cluster_environment,
+                parallel_devices=parallel_devices,
+                num_nodes=num_nodes,
+            )
+        )
+
+    def _complete(self, parts: Parts) -> None:
+        """Take the accelerator, precision and checkpoint IO of ``parts`` where none is set (see ``complete``)."""
+        if self._precision is None:
+            self._check_precision_plugin(parts.precision)
+        _check_part(parts.accelerator, Accelerator, "accelerator")
+        _check_part(parts.checkpoint_io, CheckpointIO, "checkpoint_io")
+        _check_part(parts.precision, Precision, "precision")
+        if self._accelerator is None and parts.accelerator is not None:
+            self._accelerator = parts.accelerator
+        if self._precision is None and parts.precision is not None:
+            self._check_precision_supported(parts.precision.precision)
+            self._precision = parts.precision
+        if self._checkpoint_io is None and parts.checkpoint_io is not None:
+            self._checkpoint_io = parts.checkpoint_io
         self._launcher_configured = False
+
+    def _check_precision_plugin(self, precision: Precision | None) -> None:  # noqa: B027 - most accept any plugin
+        """Raise ``TypeError`` for a precision plugin this strategy cannot use; called with a given or completed one."""
 
     def default_precision(self, name: str) -> Precision:
         """The precision plugin this strategy uses for the precision ``name`` (e.g. "bf16-mixed")."""

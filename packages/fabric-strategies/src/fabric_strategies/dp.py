@@ -11,10 +11,9 @@ from torch.nn import DataParallel, Module
 from typing_extensions import override
 
 from fabric_accelerators import Accelerator
-from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import Precision
-from fabric_strategies.base import Strategy
+from fabric_strategies.base import Parts, Strategy
 from fabric_strategies.launchers.base import Launcher
 from fabric_strategies.parallel import ParallelStrategy
 
@@ -49,26 +48,10 @@ class DataParallelStrategy(ParallelStrategy):
             check_cuda_devices(self.parallel_devices)
 
     @override
-    def complete(
-        self,
-        *,
-        accelerator: Accelerator | None = None,
-        precision: Precision | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        parallel_devices: list[torch.device] | None = None,
-        num_nodes: int | None = None,
-    ) -> None:
-        if parallel_devices is not None and self._parallel_devices is None:
-            check_cuda_devices([torch.device(d) for d in parallel_devices])
-        super().complete(
-            accelerator=accelerator,
-            precision=precision,
-            checkpoint_io=checkpoint_io,
-            cluster_environment=cluster_environment,
-            parallel_devices=parallel_devices,
-            num_nodes=num_nodes,
-        )
+    def _complete(self, parts: Parts) -> None:
+        if parts.parallel_devices is not None and self._parallel_devices is None:
+            check_cuda_devices([torch.device(d) for d in parts.parallel_devices])
+        super()._complete(parts)
 
     @override
     def _set_world_ranks(self) -> None:

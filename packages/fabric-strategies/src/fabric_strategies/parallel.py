@@ -16,7 +16,7 @@ from fabric_accelerators import Accelerator
 from fabric_environments import ClusterEnvironment, LightningEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import Precision
-from fabric_strategies.base import Strategy
+from fabric_strategies.base import Parts, Strategy
 from fabric_strategies.checkpoint import StateFilter
 from fabric_strategies.collectives.functional import (
     all_gather_tensor,
@@ -102,7 +102,6 @@ class ParallelStrategy(Strategy, ABC):
         timeout: timedelta | None = DEFAULT_TIMEOUT,
         start_method: StartMethod | None = None,
     ) -> None:
-        self._check_precision_plugin(precision)
         super().__init__(accelerator=accelerator, checkpoint_io=checkpoint_io, precision=precision)
         if cluster_environment is not None and not isinstance(cluster_environment, ClusterEnvironment):
             raise TypeError(f"`cluster_environment` must be a ClusterEnvironment instance, got {cluster_environment!r}")
@@ -157,31 +156,19 @@ class ParallelStrategy(Strategy, ABC):
         """How this strategy starts the local processes (``None``: it starts none itself)."""
         return self._start_method
 
-    def _check_precision_plugin(self, precision: Precision | None) -> None:
-        """Raise ``TypeError`` for a precision plugin this strategy cannot use; called with a given or completed one."""
-
     @override
-    def complete(
-        self,
-        *,
-        accelerator: Accelerator | None = None,
-        precision: Precision | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        parallel_devices: list[torch.device] | None = None,
-        num_nodes: int | None = None,
-    ) -> None:
-        if self._precision is None:
-            self._check_precision_plugin(precision)
-        super().complete(accelerator=accelerator, precision=precision, checkpoint_io=checkpoint_io)
-        if self._cluster_environment is None and cluster_environment is not None:
-            if not isinstance(cluster_environment, ClusterEnvironment):
-                raise TypeError(f"`cluster_environment` must be a ClusterEnvironment, got {cluster_environment!r}")
-            self._cluster_environment = cluster_environment
-        if self._parallel_devices is None and parallel_devices is not None:
-            self._parallel_devices = _as_devices(parallel_devices)
-        if self._num_nodes is None and num_nodes is not None:
-            self._num_nodes = _check_num_nodes(num_nodes)
+    def _complete(self, parts: Parts) -> None:
+        super()._complete(parts)
+        if self._cluster_environment is None and parts.cluster_environment is not None:
+            if not isinstance(parts.cluster_environment, ClusterEnvironment):
+                raise TypeError(
+                    f"`cluster_environment` must be a ClusterEnvironment, got {parts.cluster_environment!r}"
+                )
+            self._cluster_environment = parts.cluster_environment
+        if self._parallel_devices is None and parts.parallel_devices is not None:
+            self._parallel_devices = _as_devices(parts.parallel_devices)
+        if self._num_nodes is None and parts.num_nodes is not None:
+            self._num_nodes = _check_num_nodes(parts.num_nodes)
         self._set_world_ranks()
 
     def _set_local_rank(self, local_rank: int) -> None:

@@ -8,10 +8,9 @@ import torch
 from typing_extensions import override
 
 from fabric_accelerators import Accelerator
-from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import Precision
-from fabric_strategies.base import Strategy
+from fabric_strategies.base import Parts, Strategy
 from fabric_strategies.collectives.single_device_collective import SingleDeviceCollective
 
 
@@ -50,24 +49,15 @@ class SingleDeviceStrategy(Strategy):
         return self._collective
 
     @override
-    def complete(
-        self,
-        *,
-        accelerator: Accelerator | None = None,
-        precision: Precision | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        parallel_devices: list[torch.device] | None = None,
-        num_nodes: int | None = None,
-    ) -> None:
-        super().complete(accelerator=accelerator, precision=precision, checkpoint_io=checkpoint_io)
-        if self._device is None and parallel_devices:
-            if len(parallel_devices) != 1:
+    def _complete(self, parts: Parts) -> None:
+        super()._complete(parts)
+        if self._device is None and parts.parallel_devices:
+            if len(parts.parallel_devices) != 1:
                 raise ValueError(
-                    f"SingleDeviceStrategy runs on exactly one device, got {len(parallel_devices)}: {parallel_devices}."
-                    " Use strategy='ddp' for several."
+                    f"SingleDeviceStrategy runs on exactly one device, got {len(parts.parallel_devices)}:"
+                    f" {parts.parallel_devices}. Use strategy='ddp' for several."
                 )
-            self._device = as_device(parallel_devices[0])
+            self._device = as_device(parts.parallel_devices[0])
 
     @override
     def __repr__(self) -> str:

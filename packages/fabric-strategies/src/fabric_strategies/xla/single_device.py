@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from typing_extensions import override
 
 from fabric_accelerators import Accelerator
-from fabric_environments import ClusterEnvironment
-from fabric_io import CheckpointIO, XLACheckpointIO
-from fabric_precision import Precision, XLAPrecision
-from fabric_strategies.checkpoint import StateFilter
+from fabric_io import CheckpointIO
+from fabric_precision import Precision
 from fabric_strategies.single_device import SingleDeviceStrategy
 from fabric_strategies.xla import runtime
-from fabric_strategies.xla.strategy import XLA_PRECISIONS, check_xla_precision
-from fabric_utils import PathLike
+from fabric_strategies.xla.parts import XLAParts
 
 
 def _as_xla_device(device: torch.device | str | int | None) -> torch.device | None:
@@ -30,7 +26,7 @@ def _as_xla_device(device: torch.device | str | int | None) -> torch.device | No
     return resolved
 
 
-class SingleDeviceXLAStrategy(SingleDeviceStrategy):
+class SingleDeviceXLAStrategy(XLAParts, SingleDeviceStrategy):
     """One process on one XLA device (the first unless a device or index is given).
 
     The device is resolved through torch_xla when the environment is set up; the optimizer step goes through
@@ -39,8 +35,6 @@ class SingleDeviceXLAStrategy(SingleDeviceStrategy):
     """
 
     name: ClassVar[str] = "single_xla"
-    supported_precisions: ClassVar[tuple[str, ...] | None] = XLA_PRECISIONS
-    supported_device_types: ClassVar[tuple[str, ...] | None] = ("xla",)
 
     def __init__(
         self,
@@ -50,12 +44,10 @@ class SingleDeviceXLAStrategy(SingleDeviceStrategy):
         precision: Precision | None = None,
     ) -> None:
         runtime.require_xla(type(self).__name__)
-        check_xla_precision(type(self).__name__, precision)
         requested = _as_xla_device(device)
         super().__init__(device=requested, accelerator=accelerator, checkpoint_io=checkpoint_io, precision=precision)
         self._resolved_device: torch.device | None = None
-        self._fallback_checkpoint_io = XLACheckpointIO()
-        self._fallback_precision = XLAPrecision("32-true")
+        self._use_xla_defaults()
 
     @property
     @override
@@ -65,48 +57,15 @@ class SingleDeviceXLAStrategy(SingleDeviceStrategy):
             return self._resolved_device
         return self._device if self._device is not None else torch.device("xla", 0)
 
+    @property
     @override
-    def complete(
-        self,
-        *,
-        accelerator: Accelerator | None = None,
-        precision: Precision | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        parallel_devices: list[torch.device] | None = None,
-        num_nodes: int | None = None,
-    ) -> None:
-        if self._precision is None:
-            check_xla_precision(type(self).__name__, precision)
-        super().complete(
-            accelerator=accelerator,
-            precision=precision,
-            checkpoint_io=checkpoint_io,
-            parallel_devices=parallel_devices,
-            num_nodes=num_nodes,
-        )
-
-    @override
-    def default_precision(self, name: str) -> XLAPrecision:
-        self._check_precision_supported(name)
-        return XLAPrecision(name)  # type: ignore[arg-type]
+    def _xla_started(self) -> bool:
+        return self._resolved_device is not None
 
     @override
     def setup_environment(self) -> None:
         self._resolved_device = runtime.xla_device(self.root_device.index)
         super().setup_environment()
-
-    @override
-    def save_checkpoint(
-        self,
-        path: PathLike,
-        state: Mapping[str, Any],
-        storage_options: Any | None = None,
-        filter: StateFilter | None = None,
-    ) -> None:
-        if self._resolved_device is not None:
-            runtime.sync()
-        super().save_checkpoint(path, state, storage_options=storage_options, filter=filter)
 
     @override
     def teardown(self) -> None:

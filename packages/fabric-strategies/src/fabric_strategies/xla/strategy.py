@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
@@ -13,29 +13,19 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from fabric_accelerators import Accelerator
-from fabric_environments import ClusterEnvironment, XLAEnvironment
-from fabric_io import CheckpointIO, XLACheckpointIO
-from fabric_precision import Precision, XLAPrecision
-from fabric_strategies.checkpoint import StateFilter
+from fabric_environments import XLAEnvironment
+from fabric_io import CheckpointIO
+from fabric_precision import Precision
 from fabric_strategies.collectives.functional import local_reduce
 from fabric_strategies.launchers.base import Launcher
 from fabric_strategies.parallel import ParallelStrategy
 from fabric_strategies.xla import runtime
 from fabric_strategies.xla.launcher import XLALauncher
-from fabric_utils import PathLike, check_reduce_op
-
-XLA_PRECISIONS: tuple[str, ...] = ("32-true", "16-true", "bf16-true")
-
-
-def check_xla_precision(owner: str, precision: Precision | None) -> None:
-    if precision is not None and not isinstance(precision, XLAPrecision):
-        raise TypeError(
-            f"{owner} needs an XLAPrecision plugin (its optimizer step goes through torch_xla), got {precision!r}."
-            f" Pass XLAPrecision(...) or a precision name: {', '.join(XLA_PRECISIONS)}"
-        )
+from fabric_strategies.xla.parts import XLAParts
+from fabric_utils import check_reduce_op
 
 
-class XLAStrategy(ParallelStrategy):
+class XLAStrategy(XLAParts, ParallelStrategy):
     """Data-parallel training on XLA devices (TPUs), one process per device.
 
     The processes are started by :class:`XLALauncher` (``xmp.spawn``).
@@ -49,8 +39,6 @@ class XLAStrategy(ParallelStrategy):
     """
 
     name: ClassVar[str] = "xla"
-    supported_precisions: ClassVar[tuple[str, ...] | None] = XLA_PRECISIONS
-    supported_device_types: ClassVar[tuple[str, ...] | None] = ("xla",)
 
     def __init__(
         self,
@@ -62,7 +50,6 @@ class XLAStrategy(ParallelStrategy):
         sync_module_states: bool = True,
     ) -> None:
         runtime.require_xla(type(self).__name__)
-        check_xla_precision(type(self).__name__, precision)
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
@@ -73,8 +60,7 @@ class XLAStrategy(ParallelStrategy):
         self._sync_module_states = bool(sync_module_states)
         self._launched = False
         self._device: torch.device | None = None  # this process's XLA device, once launched
-        self._fallback_checkpoint_io = XLACheckpointIO()
-        self._fallback_precision = XLAPrecision("32-true")
+        self._use_xla_defaults()
 
     @property
     def sync_module_states(self) -> bool:
@@ -85,33 +71,10 @@ class XLAStrategy(ParallelStrategy):
         """Whether this process is one of the launched ones (its environment is set up)."""
         return self._launched
 
+    @property
     @override
-    def complete(
-        self,
-        *,
-        accelerator: Accelerator | None = None,
-        precision: Precision | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        parallel_devices: list[torch.device] | None = None,
-        num_nodes: int | None = None,
-    ) -> None:
-        """As ``ParallelStrategy.complete``; the cluster environment stays ``XLAEnvironment`` (the runtime knows the
-        ranks), so a detected one is ignored."""
-        if self._precision is None:
-            check_xla_precision(type(self).__name__, precision)
-        super().complete(
-            accelerator=accelerator,
-            precision=precision,
-            checkpoint_io=checkpoint_io,
-            parallel_devices=parallel_devices,
-            num_nodes=num_nodes,
-        )
-
-    @override
-    def default_precision(self, name: str) -> XLAPrecision:
-        self._check_precision_supported(name)
-        return XLAPrecision(name)  # type: ignore[arg-type]
+    def _xla_started(self) -> bool:
+        return self._launched
 
     @override
     def _set_world_ranks(self) -> None:
@@ -219,20 +182,7 @@ class XLAStrategy(ParallelStrategy):
         if self._launched and self.world_size > 1:
             runtime.barrier(name)
 
-    # -- state -----------------------------------------------------------------------------------------------------
-    @override
-    def save_checkpoint(
-        self,
-        path: PathLike,
-        state: Mapping[str, Any],
-        storage_options: Any | None = None,
-        filter: StateFilter | None = None,
-    ) -> None:
-        """Execute pending work on every process (so no collective is left waiting), then save as rank 0."""
-        if self._launched:
-            runtime.sync()
-        super().save_checkpoint(path, state, storage_options=storage_options, filter=filter)
-
+    # -- end -------------------------------------------------------------------------------------------------------
     @override
     def teardown(self) -> None:
         super().teardown()
