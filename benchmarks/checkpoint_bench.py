@@ -7,9 +7,17 @@ fabric with ``TorchCheckpointIO(fsync=True)`` (the opt-in durable save: data and
 sharded (2 processes, gloo, FSDP2): ``torch.distributed.checkpoint`` save/load of ``get_state_dict`` against
 ``fabric.save``/``fabric.load`` with ``FSDPStrategy``.
 
+stall / stall-sharded (one process; FSDP2 on 2 gloo processes): how long a 100 MB save holds training up,
+``fabric.save`` against ``fabric.save(..., asynchronous=True)``. Three copies of the model train on the same batches,
+one window of ``STALL_STEPS`` steps each per repetition (in rotating order): one saves nothing, one saves
+synchronously and one asynchronously after step ``SAVE_AT``; the asynchronous one waits for its save at the end of
+the window, inside the timing. A side's stall is its window minus the no-save window of the same repetition. The
+copies end with identical weights, and the last checkpoints of both savers are compared entry by entry.
+
 Each side alternates with the other inside the same process(es) (A B A B ..., who goes first alternates too, since
 a save leaves dirty pages that the kernel writes back during the next one); the child writes its samples as JSON.
-Run as ``python checkpoint_bench.py {single|sharded} REPS OUT_DIR``.
+Run as ``python checkpoint_bench.py {single|sharded|stall|stall-sharded} REPS OUT_DIR``, or
+``python checkpoint_bench.py stall-report [REPS]`` for both stall modes and a summary.
 """
 
 from __future__ import annotations
@@ -189,10 +197,20 @@ def sharded(reps: int, work: Path) -> dict[str, Any] | None:
 
 
 def main() -> None:
+    if sys.argv[1] == "stall-report":
+        from checkpoint_stall import report
+
+        report(int(sys.argv[2]) if len(sys.argv) > 2 else 5)
+        return
     mode, reps, out_dir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     work = out_dir / "work"  # shared by the ranks: a sharded checkpoint is one directory written by all of them
     work.mkdir(exist_ok=True)
-    result = single(reps, work) if mode == "single" else sharded(reps, work)
+    if mode.startswith("stall"):
+        from checkpoint_stall import stall
+
+        result = stall(reps, work, sharded=mode == "stall-sharded")
+    else:
+        result = single(reps, work) if mode == "single" else sharded(reps, work)
     if result is not None:
         (out_dir / f"{mode}.json").write_text(json.dumps(result))
 
