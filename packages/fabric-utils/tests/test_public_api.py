@@ -41,6 +41,7 @@ EXPECTED = [
     "capture_rng_state",
     "check_clip_threshold",
     "check_norm_type",
+    "check_num_nodes",
     "check_reduce_op",
     "convert_tensors_to_scalars",
     "cpu_count",

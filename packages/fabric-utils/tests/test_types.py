@@ -17,6 +17,7 @@ from fabric_utils import (
     ReduceOpName,
     Stateful,
     Steppable,
+    check_num_nodes,
     check_reduce_op,
 )
 
@@ -59,6 +60,13 @@ def test_check_reduce_op_names_the_bad_value_and_the_choices(bad: object) -> Non
 
 def test_reduce_op_names_match_the_literal_type() -> None:
     assert set(get_args(ReduceOpName)) == set(REDUCE_OP_NAMES)
+
+
+@pytest.mark.parametrize(("bad", "error"), [("2", TypeError), (2.0, TypeError), (True, TypeError), (0, ValueError)])
+def test_check_num_nodes_names_the_bad_value(bad: object, error: type[Exception]) -> None:
+    assert check_num_nodes(3) == 3
+    with pytest.raises(error, match=f"num_nodes={bad!r} .*int >= 1"):
+        check_num_nodes(bad)
 
 
 def test_path_like_accepts_str_and_path() -> None:

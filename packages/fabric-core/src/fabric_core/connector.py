@@ -22,6 +22,7 @@ from fabric_environments import ClusterEnvironment, detect_environment
 from fabric_io import CheckpointIO
 from fabric_precision import Precision, parse_precision
 from fabric_strategies import STRATEGY_REGISTRY, ParallelStrategy, Strategy, resolve_strategy_name
+from fabric_utils import check_num_nodes
 
 AcceleratorName = Literal["auto", "cpu", "cuda", "gpu", "mps", "tpu", "xla"]
 #: "auto" and every built-in strategy name (a test checks it against STRATEGY_REGISTRY, the one list of names)
@@ -243,15 +244,6 @@ def resolve_devices(accelerator: type[Accelerator], devices: Any) -> tuple[Any, 
         devices = accelerator.auto_device_count()
     parsed = accelerator.parse_devices(devices)
     return parsed, tuple(accelerator.get_parallel_devices(parsed))
-
-
-def check_num_nodes(num_nodes: Any) -> int:
-    """The user's ``num_nodes``: an int >= 1 (a string such as "2" is refused; only ``FABRIC_NUM_NODES`` is text)."""
-    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int):
-        raise TypeError(f"num_nodes={num_nodes!r} must be an int >= 1, got {type(num_nodes).__name__}")
-    if num_nodes < 1:
-        raise ValueError(f"num_nodes={num_nodes!r} is invalid: it must be an int >= 1")
-    return num_nodes
 
 
 def num_nodes_from_environment(text: str) -> int:

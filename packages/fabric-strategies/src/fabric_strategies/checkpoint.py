@@ -37,9 +37,9 @@ def check_filter(state: Mapping[str, Any], filter: StateFilter | None) -> None:
         raise ValueError(
             f"`filter` has keys {unknown} that are not in the state. Choose from: {sorted(map(str, state))}"
         )
-    not_callable = sorted(str(key) for key, fn in filter.items() if not callable(fn))
+    not_callable = [f"{fn!r} for {key!r}" for key, fn in filter.items() if not callable(fn)]
     if not_callable:
-        raise TypeError(f"`filter` values must be callables (name, value) -> bool; not callable for {not_callable}")
+        raise TypeError(f"`filter` values must be callables (name, value) -> bool, got {', '.join(not_callable)}")
 
 
 def to_checkpoint(strategy: Strategy, state: Mapping[str, Any], filter: StateFilter | None = None) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from fabric_strategies.process_group import (
     init_process_group,
 )
 from fabric_strategies.teardown import destroy_process_group_cleanly, release_tracked_wrappers
-from fabric_utils import PathLike, check_reduce_op, rank_zero_only
+from fabric_utils import PathLike, check_num_nodes, check_reduce_op, rank_zero_only
 
 #: how a strategy starts its local processes: "popen" runs the script again for each extra process; "spawn", "fork"
 #: and "forkserver" start them with ``multiprocessing`` and call the launched function
@@ -63,12 +63,6 @@ def _check_timeout(timeout: timedelta | None) -> timedelta:
     if timeout is not None and not isinstance(timeout, timedelta):
         raise TypeError(f"timeout must be a datetime.timedelta, got {timeout!r}")
     return DEFAULT_TIMEOUT if timeout is None else timeout
-
-
-def _check_num_nodes(num_nodes: int) -> int:
-    if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
-        raise ValueError(f"num_nodes must be an int >= 1, got {num_nodes!r}")
-    return num_nodes
 
 
 class ParallelStrategy(Strategy, ABC):
@@ -168,7 +162,7 @@ class ParallelStrategy(Strategy, ABC):
         if self._parallel_devices is None and parts.parallel_devices is not None:
             self._parallel_devices = _as_devices(parts.parallel_devices)
         if self._num_nodes is None and parts.num_nodes is not None:
-            self._num_nodes = _check_num_nodes(parts.num_nodes)
+            self._num_nodes = check_num_nodes(parts.num_nodes)
         self._set_world_ranks()
 
     def _set_local_rank(self, local_rank: int) -> None:

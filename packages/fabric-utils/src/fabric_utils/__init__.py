@@ -73,6 +73,7 @@ from fabric_utils.types import (
     ReduceOpName,
     Stateful,
     Steppable,
+    check_num_nodes,
     check_reduce_op,
 )
 
@@ -115,6 +116,7 @@ __all__ = [
     "capture_rng_state",
     "check_clip_threshold",
     "check_norm_type",
+    "check_num_nodes",
     "check_reduce_op",
     "convert_tensors_to_scalars",
     "cpu_count",

@@ -113,3 +113,15 @@ class Optimizable(Steppable, Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+def check_num_nodes(num_nodes: object) -> int:
+    """``num_nodes`` as a user gives it to ``Fabric`` or a strategy: an int >= 1 (a string such as "2" is refused).
+
+    ``TypeError`` for anything that is not an int, ``ValueError`` for an int below 1; both name the value.
+    """
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int):
+        raise TypeError(f"num_nodes={num_nodes!r} must be an int >= 1, got {type(num_nodes).__name__}")
+    if num_nodes < 1:
+        raise ValueError(f"num_nodes={num_nodes!r} is invalid: it must be an int >= 1")
+    return num_nodes
