@@ -61,6 +61,10 @@ SCREENSHOTS = (
     ("api/fabric_core.html", "dl.py.class"),
 )
 
+# Runs in the page: scroll the element to the top of the window, below the theme's sticky header on phones (at once:
+# the theme scrolls smoothly, and a screenshot taken during the animation shows the page half-way)
+SCROLL_TO = "el => window.scrollTo({top: el.getBoundingClientRect().top + window.scrollY - 70, behavior: 'instant'})"
+
 # Runs in the page: the problems of the page as lines of text (empty when it is fine).
 CHECK_PAGE = """
 (minMain) => {
@@ -200,7 +204,7 @@ def check(build: pathlib.Path, chromium: str, screenshots: pathlib.Path) -> int:
                     stem = name.removesuffix(".html").replace("/", "-")
                     page.screenshot(path=str(screenshots / f"{stem}-{width.width}.png"))
                     if selector is not None:  # the window scrolled to the element, as a reader sees it
-                        page.locator(selector).first.evaluate("el => el.scrollIntoView({block: 'start'})")
+                        page.locator(selector).first.evaluate(SCROLL_TO)
                         page.screenshot(path=str(screenshots / f"{stem}-{width.width}-detail.png"))
                 context.close()
         finally:
