@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
 from types import ModuleType
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 from typing_extensions import override
 
-from fabric_precision.base import (
-    Precision,
-    check_choice,
-    convert_floating_tensors,
-    default_dtype,
-    output_dtype,
-    replace_submodule,
-)
+from fabric_precision._true import TruePrecision
+from fabric_precision.base import check_choice, replace_submodule
 from fabric_utils import BITSANDBYTES
 
 BitsandbytesMode = Literal["nf4", "nf4-dq", "fp4", "fp4-dq", "int8", "int8-training"]
@@ -28,14 +21,15 @@ BITSANDBYTES_MODES: tuple[str, ...] = ("nf4", "nf4-dq", "fp4", "fp4-dq", "int8",
 INT8_THRESHOLD = 6.0
 
 
-class BitsandbytesPrecision(Precision):
+class BitsandbytesPrecision(TruePrecision):
     """Replace the module's ``torch.nn.Linear`` layers with bitsandbytes' quantized ones.
 
     Modes: "nf4"/"fp4" (4-bit weights), "nf4-dq"/"fp4-dq" (4-bit with double-quantized statistics), "int8"
     (LLM.int8() inference), "int8-training" (8-bit matmuls with float16 weights that can be trained). The rest of the
     module is converted to ``dtype``, which is also the compute dtype of the 4-bit layers and the dtype of inputs
-    and new tensors; outputs come back in the default dtype. Weights are quantized when the module is moved to its
-    device (Fabric's ``setup`` does that), or at once when the module already lives on an accelerator.
+    and new tensors; outputs come back in the default dtype (as in the "true" precisions, whose hooks it reuses).
+    Weights are quantized when the module is moved to its device (Fabric's ``setup`` does that), or at once when the
+    module already lives on an accelerator.
 
     Args:
         mode: the quantization mode.
@@ -60,15 +54,10 @@ class BitsandbytesPrecision(Precision):
         if isinstance(ignore_modules, str):
             raise TypeError(f"ignore_modules takes a collection of module names, got the string {ignore_modules!r}")
         BITSANDBYTES.require(f"BitsandbytesPrecision(mode={mode!r})")
+        super().__init__(dtype)
         self.mode = mode
         self.precision = f"bitsandbytes-{mode}"
         self.ignore_modules = frozenset(ignore_modules or ())
-        self._dtype = dtype
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the layers that are not quantized and of the computation."""
-        return self._dtype
 
     # -- module and tensors ---------------------------------------------------------------------------------------
     @override
@@ -140,26 +129,6 @@ class BitsandbytesPrecision(Precision):
             if isinstance(m, bnb.nn.Linear4bit):
                 m.compute_dtype = self._dtype
                 m.compute_type_is_set = True
-
-    @override
-    def tensor_init_context(self) -> AbstractContextManager[Any]:
-        return default_dtype(self._dtype)
-
-    @override
-    def module_init_context(self) -> AbstractContextManager[Any]:
-        return default_dtype(self._dtype)
-
-    @override
-    def forward_context(self) -> AbstractContextManager[Any]:
-        return default_dtype(self._dtype)
-
-    @override
-    def convert_input(self, data: Any) -> Any:
-        return convert_floating_tensors(data, self._dtype)
-
-    @override
-    def convert_output(self, data: Any) -> Any:
-        return convert_floating_tensors(data, output_dtype())
 
     @override
     def __repr__(self) -> str:
