@@ -9,6 +9,7 @@ import fabric_testing
 EXPECTED = [
     "STANDALONE_ENV",
     "DistributedTestError",
+    "MlflowServer",
     "PicklePayload",
     "RandomDataset",
     "RandomLabelledDataset",
@@ -23,6 +24,7 @@ EXPECTED = [
     "find_free_port",
     "run_processes",
     "small_filesystem",
+    "start_mlflow_server",
     "start_slurm_cluster",
 ]
 

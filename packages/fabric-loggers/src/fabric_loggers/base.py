@@ -12,6 +12,20 @@ from torch import nn
 from fabric_utils import rank_zero_only, rank_zero_warn
 
 
+class _NoOpExperiment:
+    """What a logger's ``experiment`` gives on ranks other than zero, in place of its writer, client or run: every
+    method call does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._nothing
+
+    @staticmethod
+    def _nothing(*args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class Logger(ABC):
     """Base class of experiment loggers. It satisfies the ``fabric_utils.Logger`` protocol that ``Fabric`` uses.
 

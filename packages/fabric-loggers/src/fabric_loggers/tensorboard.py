@@ -24,7 +24,7 @@ from fabric_loggers._convert import (
     tensorboard_value,
 )
 from fabric_loggers._paths import VersionedDirectory, check_folder
-from fabric_loggers.base import Logger
+from fabric_loggers.base import Logger, _NoOpExperiment
 from fabric_utils import (
     TENSORBOARD,
     TENSORBOARDX,
@@ -74,19 +74,6 @@ def _tensorboardx_writer(tensorboardx: Any) -> type:
     if base not in _TENSORBOARDX_WRITERS:
         _TENSORBOARDX_WRITERS[base] = type("SummaryWriter", (base,), {"log_dir": property(lambda self: self.logdir)})
     return _TENSORBOARDX_WRITERS[base]
-
-
-class _NoOpExperiment:
-    """Stands in for the ``SummaryWriter`` on ranks other than zero: every method call does nothing."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return self._nothing
-
-    @staticmethod
-    def _nothing(*args: Any, **kwargs: Any) -> None:
-        return None
 
 
 class TensorBoardLogger(Logger):

@@ -8,6 +8,7 @@ from fabric_testing.launcher import (
     find_free_port,
     run_processes,
 )
+from fabric_testing.mlflow_server import MlflowServer, start_mlflow_server
 from fabric_testing.models import RandomDataset, RandomLabelledDataset, TinyConvNet, TinyMLP
 from fabric_testing.payload import PicklePayload
 from fabric_testing.runif import STANDALONE_ENV, RunIf
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "STANDALONE_ENV",
     "DistributedTestError",
+    "MlflowServer",
     "PicklePayload",
     "RandomDataset",
     "RandomLabelledDataset",
@@ -32,5 +34,6 @@ __all__ = [
     "find_free_port",
     "run_processes",
     "small_filesystem",
+    "start_mlflow_server",
     "start_slurm_cluster",
 ]
