@@ -20,7 +20,8 @@ from fabric_accelerators import ACCELERATOR_REGISTRY, Accelerator
 from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO, TorchCheckpointIO
 from fabric_precision import Precision, precision_plugin
-from fabric_strategies.checkpoint import StateFilter, loading, read_checkpoint, restore_state, to_checkpoint
+from fabric_strategies.checkpoint import StateFilter, loading, restore_state, to_checkpoint
+from fabric_strategies.checkpoint_read import read_checkpoint
 from fabric_strategies.collectives.functional import local_reduce
 from fabric_strategies.init_context import SkipParameterInit
 from fabric_strategies.launchers.base import Launcher

@@ -5,18 +5,29 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from torch.nn import Module
 from torch.optim import Optimizer
 
-from fabric_io import is_remote_path, is_sharded_checkpoint
+from fabric_io import CheckpointIO
 from fabric_utils import PathLike, Stateful
 
-if TYPE_CHECKING:
-    from fabric_strategies.base import Strategy
-
 StateFilter = Mapping[str, Callable[[str, Any], bool]]
+
+
+class CheckpointingStrategy(Protocol):
+    """What turning a state into a checkpoint and back needs of a strategy (every ``Strategy`` has it); declared
+    here so that this module, which ``Strategy`` uses, does not import it back."""
+
+    @property
+    def checkpoint_io(self) -> CheckpointIO: ...
+
+    def get_module_state_dict(self, module: Module) -> dict[str, Any]: ...
+
+    def load_module_state_dict(self, module: Module, state_dict: Mapping[str, Any], strict: bool = True) -> None: ...
+
+    def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]: ...
 
 
 class MissingStateKeyError(KeyError, ValueError):
@@ -42,7 +53,9 @@ def check_filter(state: Mapping[str, Any], filter: StateFilter | None) -> None:
         raise TypeError(f"`filter` values must be callables (name, value) -> bool, got {', '.join(not_callable)}")
 
 
-def to_checkpoint(strategy: Strategy, state: Mapping[str, Any], filter: StateFilter | None = None) -> dict[str, Any]:
+def to_checkpoint(
+    strategy: CheckpointingStrategy, state: Mapping[str, Any], filter: StateFilter | None = None
+) -> dict[str, Any]:
     """Replace modules, optimizers and other stateful objects in ``state`` by their state dicts, then filter."""
     if not isinstance(state, Mapping):
         raise TypeError(f"`state` must be a dict of names to objects, got {type(state).__name__}")
@@ -74,7 +87,7 @@ def check_strict_keys(requested: Iterable[str], available: Iterable[str], strict
 
 
 def restore_state(
-    strategy: Strategy, state: dict[str, Any], checkpoint: dict[str, Any], strict: bool, *, path: PathLike
+    strategy: CheckpointingStrategy, state: dict[str, Any], checkpoint: dict[str, Any], strict: bool, *, path: PathLike
 ) -> dict[str, Any]:
     """Load ``checkpoint`` (read from ``path``) into the objects of ``state`` in place; return what ``state`` did
     not take.
@@ -97,59 +110,6 @@ def restore_state(
         else:
             state[key] = value
     return remainder
-
-
-def read_checkpoint(
-    strategy: Strategy, path: PathLike, state: Module | Optimizer | dict[str, Any] | None, weights_only: bool
-) -> dict[str, Any]:
-    """The checkpoint at ``path`` for a strategy that holds full tensors (single device, DDP, DP): a file through
-    the strategy's checkpoint IO, or a sharded (DCP) directory that FSDP or ModelParallel wrote, at any world size.
-
-    A sharded directory is read whole by this process alone (``collective=False``), each tensor in full, with
-    ``weights_only`` honoured; optimizer states, which it keys by parameter name, are keyed by index again for the
-    optimizers of ``state`` (their parameters' names come from the modules of ``state``).
-    """
-    if is_remote_path(path) or not (os.path.isdir(os.fspath(path)) or is_sharded_checkpoint(path)):
-        return strategy.checkpoint_io.load_checkpoint(path, map_location="cpu", weights_only=weights_only)
-    if isinstance(state, Optimizer):
-        raise TypeError(
-            f"{os.fspath(path)!r} is a sharded checkpoint directory, which keys optimizer state by parameter name:"
-            " load the optimizer together with its module, e.g. load(path, {'model': model, 'optimizer': optimizer})"
-        )
-    from fabric_strategies.fsdp.dcp_io import read_sharded_checkpoint  # DCP is imported only for such a directory
-
-    checkpoint = read_sharded_checkpoint(path, weights_only=weights_only)
-    if isinstance(state, dict):
-        modules = [obj for obj in state.values() if isinstance(obj, Module)]
-        for key, obj in state.items():
-            if isinstance(obj, Optimizer) and isinstance(checkpoint.get(key), Mapping):
-                with loading(path, key):
-                    checkpoint[key] = _indexed_optimizer_state(checkpoint[key], obj, modules)
-    return checkpoint
-
-
-def _indexed_optimizer_state(saved: Mapping[str, Any], optimizer: Optimizer, modules: list[Module]) -> dict[str, Any]:
-    """A name-keyed optimizer state (``torch.distributed.checkpoint.state_dict`` layout) in ``optimizer``'s own
-    layout: parameters numbered in the order of its parameter groups."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    wanted = {id(p) for p in params}
-    owner = next((m for m in modules if wanted <= {id(p) for p in m.parameters()}), None)
-    if owner is None:
-        raise ValueError(
-            "The sharded checkpoint keys this optimizer's state by parameter name: put the module whose parameters it"
-            " updates in the same state, e.g. {'model': model, 'optimizer': optimizer}."
-        )
-    names = {id(p): name for name, p in owner.named_parameters()}
-    index = {names[id(p)]: i for i, p in enumerate(params)}
-    unknown = sorted({str(name) for group in saved.get("param_groups", []) for name in group["params"]} - set(index))
-    if unknown:
-        raise KeyError(f"the checkpoint's optimizer updates parameters {unknown} that this optimizer does not hold")
-    return {
-        "state": {index[name]: value for name, value in saved.get("state", {}).items() if name in index},
-        "param_groups": [
-            {**group, "params": [index[name] for name in group["params"]]} for group in saved.get("param_groups", [])
-        ],
-    }
 
 
 def named_optimizer_state(saved: Mapping[str, Any], optimizer: Optimizer, owner: Module) -> dict[str, Any]:

@@ -18,16 +18,31 @@ import pickle
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from fabric_io import UnsafeCheckpointError, is_remote_path, refused_global, resolve_inside
-from fabric_strategies.checkpoint import StateFilter, check_strict_keys, loading, restore_state, to_checkpoint
+from fabric_strategies.checkpoint import (
+    CheckpointingStrategy,
+    StateFilter,
+    check_strict_keys,
+    loading,
+    restore_state,
+    to_checkpoint,
+)
 from fabric_utils import DEEPSPEED, PathLike
 
-if TYPE_CHECKING:
-    from fabric_strategies.deepspeed.strategy import DeepSpeedStrategy
+
+class DeepSpeedEngines(CheckpointingStrategy, Protocol):
+    """What these checkpoints need of ``DeepSpeedStrategy``: its ZeRO stage and the engines it created."""
+
+    @property
+    def zero_stage(self) -> int: ...
+
+    @property
+    def engines(self) -> list[Any]: ...
+
 
 #: the tag (sub-directory) fabric saves under; ``latest`` points to it, so DeepSpeed's tools find it too
 CHECKPOINT_TAG = "checkpoint"
@@ -70,7 +85,7 @@ def holds_engine(engines: Sequence[Any], state: Any) -> bool:
     return isinstance(state, Mapping) and any(find_engine(engines, obj) is not None for obj in state.values())
 
 
-def with_full_module_states(strategy: DeepSpeedStrategy, state: Mapping[str, Any]) -> dict[str, Any]:
+def with_full_module_states(strategy: DeepSpeedEngines, state: Mapping[str, Any]) -> dict[str, Any]:
     """``state`` (a state without an engine, e.g. ``{"model": model.state_dict()}``) with each entry that is the
     state dict of a ZeRO-3 model (the same keys) replaced by the full one gathered from every process.
 
@@ -127,7 +142,7 @@ def check_local_path(path: PathLike) -> str:
 
 
 def save_engine_checkpoint(
-    strategy: DeepSpeedStrategy,
+    strategy: DeepSpeedEngines,
     path: PathLike,
     state: Mapping[str, Any],
     filter: StateFilter | None,
@@ -158,7 +173,7 @@ def save_engine_checkpoint(
 
 
 def load_engine_checkpoint(
-    strategy: DeepSpeedStrategy,
+    strategy: DeepSpeedEngines,
     path: PathLike,
     state: dict[str, Any],
     strict: bool,

@@ -5,18 +5,39 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_io import exists, get_filesystem, is_remote_path, join_path, remove_path, resolve_inside
-from fabric_strategies.checkpoint import StateFilter, check_filter, restore_state, to_checkpoint
+from fabric_strategies.checkpoint import CheckpointingStrategy, StateFilter, check_filter, restore_state, to_checkpoint
 from fabric_strategies.xla import runtime
 from fabric_utils import PathLike
 
-if TYPE_CHECKING:
-    from fabric_strategies.xla.fsdp import XLAFSDPStrategy
+
+class XLAShards(CheckpointingStrategy, Protocol):
+    """What these checkpoints need of ``XLAFSDPStrategy``: its ranks, barrier, save settings and wrappers."""
+
+    @property
+    def state_dict_type(self) -> str: ...
+
+    @property
+    def sequential_save(self) -> bool: ...
+
+    @property
+    def global_rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    @property
+    def is_global_zero(self) -> bool: ...
+
+    def barrier(self, name: str | None = None) -> None: ...
+
+    def wrapper_of(self, module: Module) -> Module | None: ...
+
 
 #: the entry of each shard file that holds ``XlaFullyShardedDataParallel.get_shard_metadata()``
 SHARD_METADATA = "shard_metadata"
@@ -28,7 +49,7 @@ def shard_file_name(rank: int, world_size: int) -> str:
     return f"checkpoint_rank-{rank:08d}-of-{world_size:08d}.pth"
 
 
-def _model_entry(strategy: XLAFSDPStrategy, state: Mapping[str, Any], action: str) -> tuple[str, Module]:
+def _model_entry(strategy: XLAShards, state: Mapping[str, Any], action: str) -> tuple[str, Module]:
     """The key and wrapper of the one model in ``state`` that the strategy set up."""
     if not isinstance(state, Mapping):
         raise TypeError(f"`state` must be a dict of names to objects, got {type(state).__name__}")
@@ -50,7 +71,7 @@ def _optimizer_keys(state: Mapping[str, Any]) -> list[str]:
 
 
 def save_xla_fsdp_checkpoint(
-    strategy: XLAFSDPStrategy,
+    strategy: XLAShards,
     path: PathLike,
     state: Mapping[str, Any],
     filter: StateFilter | None,
@@ -73,7 +94,7 @@ def save_xla_fsdp_checkpoint(
     _save_full(strategy, path, state, model_key, wrapper, filter, storage_options)
 
 
-def _write_shards(strategy: XLAFSDPStrategy, checkpoint: dict[str, Any], target: str, storage_options: Any) -> None:
+def _write_shards(strategy: XLAShards, checkpoint: dict[str, Any], target: str, storage_options: Any) -> None:
     """Every process writes its file; with ``sequential_save`` one process after the other."""
     if not strategy.sequential_save:
         strategy.checkpoint_io.save_checkpoint(checkpoint, target, storage_options=storage_options)
@@ -86,7 +107,7 @@ def _write_shards(strategy: XLAFSDPStrategy, checkpoint: dict[str, Any], target:
 
 
 def _save_full(
-    strategy: XLAFSDPStrategy,
+    strategy: XLAShards,
     path: PathLike,
     state: Mapping[str, Any],
     model_key: str,
@@ -119,7 +140,7 @@ def _save_full(
 
 
 def load_shard(
-    strategy: XLAFSDPStrategy, path: PathLike, state: Any, strict: bool, weights_only: bool | None
+    strategy: XLAShards, path: PathLike, state: Any, strict: bool, weights_only: bool | None
 ) -> dict[str, Any]:
     """Restore this process's shard file of the checkpoint directory ``path`` into ``state``."""
     if not isinstance(state, dict) or not state:
@@ -153,7 +174,7 @@ def load_shard(
     return restore_state(strategy, state, checkpoint, strict, path=target)
 
 
-def check_full_load(strategy: XLAFSDPStrategy, state: Module | Optimizer | dict[str, Any] | None) -> None:
+def check_full_load(strategy: XLAShards, state: Module | Optimizer | dict[str, Any] | None) -> None:
     """A full checkpoint holds whole weights: they load into models that are not sharded yet, without optimizers."""
     if isinstance(state, Optimizer):
         raise ValueError(
