@@ -76,9 +76,9 @@ class MLflowLogger(Logger):
                 raise TypeError(f"{what} must be a str, got {type(value).__name__}: {value!r}")
         if not experiment_name:
             raise ValueError("experiment_name must not be empty")
-        for what, value in (("run_name", run_name), ("run_id", run_id), ("artifact_location", artifact_location)):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"{what} must be a str or None, got {type(value).__name__}: {value!r}")
+        for what, optional in (("run_name", run_name), ("run_id", run_id), ("artifact_location", artifact_location)):
+            if optional is not None and not isinstance(optional, str):
+                raise TypeError(f"{what} must be a str or None, got {type(optional).__name__}: {optional!r}")
         if tracking_uri is None:
             tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
         if tracking_uri is None:
