@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fabric_io import BackgroundSave, atomic_save, stage_on_cpu
+from fabric_io import BackgroundSave, CpuStaging, atomic_save, stage_on_cpu
 from fabric_io.background import BACKGROUND_NICENESS
 
 
@@ -84,3 +84,16 @@ def test_the_writer_runs_at_a_lower_cpu_priority() -> None:
     BackgroundSave(record, path="nothing").wait()
     assert priorities == [min(caller + BACKGROUND_NICENESS, 19)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller, "the caller keeps its own"
+
+
+def test_cpu_staging_reuses_its_buffers_for_the_next_copy_of_the_same_tensors() -> None:
+    weight = torch.zeros(1000)
+    staging = CpuStaging()
+    first = staging.copy({"w": weight})["w"]
+    pointer = first.data_ptr()
+    weight.add_(1)
+    second = staging.copy({"w": weight})["w"]
+    assert second.data_ptr() == pointer, "the second copy went into the first copy's memory"
+    assert torch.equal(second, torch.ones(1000))
+    staging.close()
+    assert staging.copy({"w": weight})["w"].data_ptr() != weight.data_ptr()

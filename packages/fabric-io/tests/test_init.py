@@ -12,6 +12,7 @@ PUBLIC = [
     "AsyncCheckpointIO",
     "BackgroundSave",
     "CheckpointIO",
+    "CpuStaging",
     "TorchCheckpointIO",
     "UnsafeCheckpointError",
     "XLACheckpointIO",

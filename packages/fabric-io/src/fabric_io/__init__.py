@@ -2,7 +2,7 @@
 
 from fabric_io.async_io import AsyncCheckpointIO
 from fabric_io.atomic import atomic_save
-from fabric_io.background import BackgroundSave, stage_on_cpu
+from fabric_io.background import BackgroundSave, CpuStaging, stage_on_cpu
 from fabric_io.base import CheckpointIO
 from fabric_io.errors import UnsafeCheckpointError, resolve_inside
 from fabric_io.filesystem import (
@@ -27,6 +27,7 @@ __all__ = [
     "AsyncCheckpointIO",
     "BackgroundSave",
     "CheckpointIO",
+    "CpuStaging",
     "TorchCheckpointIO",
     "UnsafeCheckpointError",
     "XLACheckpointIO",

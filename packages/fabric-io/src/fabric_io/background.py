@@ -19,26 +19,49 @@ def stage_on_cpu(state: Any) -> Any:
 
     The copy is ``torch.distributed.checkpoint``'s own staging (the first step of its ``async_save``), run on the
     calling thread so that it is complete when this returns. Raises ``TypeError`` naming the type of an object that
-    cannot be copied.
+    cannot be copied. ``CpuStaging`` does the same and keeps the memory for the next copy.
     """
-    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-
-    # no pinned or shared memory and no CUDA streams: a plain, synchronous copy that works on every machine
-    stager = DefaultStager(
-        StagingOptions(
-            use_pinned_memory=False, use_shared_memory=False, use_async_staging=False, use_non_blocking_copy=False
-        )
-    )
+    staging = CpuStaging()
     try:
-        return stager.stage(state)
-    except (TypeError, AttributeError, RuntimeError) as err:
-        raise TypeError(
-            f"Could not copy the state to save it in the background ({type(err).__name__}: {err}). An asynchronous"
-            " save copies every object of the state before it returns; save objects that can be copied (tensors,"
-            " containers, numbers, strings), or save synchronously."
-        ) from err
+        return staging.copy(state)
     finally:
-        stager.close()
+        staging.close()
+
+
+class CpuStaging:
+    """Copies states to CPU memory like ``stage_on_cpu``, keeping that memory for the next copy of the same tensors.
+
+    A training loop saves the same parameters and optimizer states again and again: the second copy reuses the
+    buffers of the first (allocating fresh memory for 100 MB costs twice the copy itself, in page faults). So a copy
+    is valid only until the next ``copy``: call it again only once what was made of the previous copy is done (e.g.
+    written). ``close`` lets the memory go.
+    """
+
+    def __init__(self) -> None:
+        self._stager: Any = None
+
+    def copy(self, state: Any) -> Any:
+        if self._stager is None:
+            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+            # no pinned or shared memory and no CUDA streams: a plain, synchronous copy that works on every machine
+            options = StagingOptions(
+                use_pinned_memory=False, use_shared_memory=False, use_async_staging=False, use_non_blocking_copy=False
+            )
+            self._stager = DefaultStager(options)
+        try:
+            return self._stager.stage(state)
+        except (TypeError, AttributeError, RuntimeError) as err:
+            raise TypeError(
+                f"Could not copy the state to save it in the background ({type(err).__name__}: {err}). An"
+                " asynchronous save copies every object of the state before it returns; save objects that can be"
+                " copied (tensors, containers, numbers, strings), or save synchronously."
+            ) from err
+
+    def close(self) -> None:
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
 
 
 class BackgroundSave:

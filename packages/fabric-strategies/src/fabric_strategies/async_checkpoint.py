@@ -1,10 +1,11 @@
 """Saving checkpoints in the background: ``save_state(..., asynchronous=True)`` and the waits that keep it safe.
 
-An asynchronous save copies the state to CPU memory before it returns (``fabric_io.stage_on_cpu``), so training may
-change the weights at once, and writes the copy in a worker thread (``fabric_io.BackgroundSave``), through the same
-atomic paths as a synchronous save: a single file goes through the strategy's ``CheckpointIO`` (temporary file,
-then one rename), a sharded directory through ``fabric_io.save_sharded_checkpoint`` (hidden staging directory,
-published once complete). A save that fails or is cut off leaves the previous checkpoint as it was.
+An asynchronous save copies the state to CPU memory before it returns (``fabric_io.CpuStaging``, whose buffers the
+next save of the same tensors reuses), so training may change the weights at once, and writes the copy in a worker
+thread (``fabric_io.BackgroundSave``), through the same atomic paths as a synchronous save: a single file goes
+through the strategy's ``CheckpointIO`` (temporary file, then one rename), a sharded directory through
+``fabric_io.save_sharded_checkpoint`` (hidden staging directory, published once complete). A save that fails or is
+cut off leaves the previous checkpoint as it was.
 
 At most one save runs per strategy: the next save, synchronous or not, and every load first wait for the pending
 one (``wait_for_saves``, collective), and raise its error on every process. At interpreter exit the pending save is
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
-from fabric_io import AsyncCheckpointIO, BackgroundSave, CheckpointIO, save_sharded_checkpoint, stage_on_cpu
+from fabric_io import AsyncCheckpointIO, BackgroundSave, CheckpointIO, CpuStaging, save_sharded_checkpoint
 from fabric_strategies.base import Strategy
 from fabric_strategies.checkpoint import StateFilter, to_checkpoint
 from fabric_strategies.parallel import ParallelStrategy
@@ -114,6 +115,7 @@ class _Saver:
         self.path_pending = ""
         self.started = 0
         self.group: dist.ProcessGroup | None = None
+        self.staging = CpuStaging()  # its buffers are reused by the next save, which starts after this one ended
         call_at_exit(_finish_at_exit, weakref.ref(self))
 
     def start(self, pending: BackgroundSave | None, path: PathLike) -> None:
@@ -186,7 +188,7 @@ def _write_file(
     if not strategy.is_global_zero:
         return None
     checkpoint_io = strategy.checkpoint_io
-    copy = stage_on_cpu(checkpoint)
+    copy = saver.staging.copy(checkpoint)
     return BackgroundSave(_save_file, checkpoint_io, checkpoint_io.save_checkpoint, copy, path, path=os.fspath(path))
 
 
@@ -208,12 +210,12 @@ def _write_sharded(
     if full:
         if not strategy.is_global_zero:
             return None
-        copy = stage_on_cpu(checkpoint)
+        copy = saver.staging.copy(checkpoint)
         return BackgroundSave(
             _save_file, strategy.checkpoint_io, write_file, strategy, copy, path, path=os.fspath(path)
         )
     group = saver.checkpoint_group(strategy)
-    copy = stage_on_cpu(checkpoint)
+    copy = saver.staging.copy(checkpoint)
     write = functools.partial(save_sharded_checkpoint, process_group=group)
     return BackgroundSave(write, copy, path, path=os.fspath(path))
 
@@ -225,6 +227,7 @@ def _finish_at_exit(saver_ref: weakref.ref[_Saver]) -> None:
         return
     pending, saver.pending, saver.number_pending = saver.pending, None, None
     saver.group = None
+    saver.staging.close()
     if pending is None:
         return
     try:
