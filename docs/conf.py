@@ -1,6 +1,7 @@
 """Sphinx configuration: a Markdown (MyST) user guide and an API reference generated from the packages' docstrings.
 
-Build: ``nox -s docs`` (``sphinx-build -W --keep-going -b html docs docs/_build``; warnings are errors).
+Build: ``nox -s docs`` (``sphinx-build -W --keep-going -b html docs docs/_build``; warnings are errors), which then
+runs ``python docs/check_pages.py`` to open every page in headless Chromium and fail on cut-off code or tables.
 """
 
 from __future__ import annotations

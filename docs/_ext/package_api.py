@@ -4,7 +4,9 @@
 The directive imports the package and writes, for every name in ``__all__`` (nothing else, nothing stale): a summary
 table, then the entry itself with ``sphinx.ext.autodoc`` (classes with their public members, exceptions,
 functions) or, for constants, registries and type aliases, a ``py:data`` entry whose text is the ``#:`` comment
-above the assignment in the module that defines it.
+above the assignment in the module that defines it. A class that the package only re-exports (defined and documented
+by another ``fabric_*`` package, or nested in another class of the package) gets a short entry that links to its full
+one, so that no class is described twice.
 
 It also keeps docstring formatting problems of the packages from failing the strict build: a warning located in a
 docstring is printed as a non-fatal message (``docstring warning (not fatal): ...``); every other warning, on the
