@@ -204,6 +204,8 @@ def check(build: pathlib.Path, chromium: str, screenshots: pathlib.Path) -> int:
                     stem = name.removesuffix(".html").replace("/", "-")
                     page.screenshot(path=str(screenshots / f"{stem}-{width.width}.png"))
                     if selector is not None:  # the window scrolled to the element, as a reader sees it
+                        # (without the theme's "back to top" button, which a jump down makes float over the text)
+                        page.add_style_tag(content=".back-to-top { display: none !important; }")
                         page.locator(selector).first.evaluate(SCROLL_TO)
                         page.screenshot(path=str(screenshots / f"{stem}-{width.width}-detail.png"))
                 context.close()
