@@ -16,7 +16,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from matplotlib import image as mpimg
+import pytest
+
+# the examples draw with matplotlib and log to TensorBoard: without examples/requirements.txt they cannot run (the
+# integration, examples and demo nox sessions install it)
+mpimg = pytest.importorskip("matplotlib.image", reason="pip install -r examples/requirements.txt")
+pytest.importorskip("tensorboard", reason="pip install -r examples/requirements.txt")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT = 300
