@@ -6,12 +6,13 @@ set). The processes are started by ``torch.distributed.run`` (torchrun), so ``--
 process of the node when one fails, and a failing process stops the others. Unless ``OMP_NUM_THREADS`` is set, each
 process gets an equal share of the node's cores.
 
-Rendezvous. torchrun's ``c10d`` rendezvous runs on ``--main-address:--main-port``, hosted by the node with
-``--node-rank 0`` (on one node without ``--main-port``: on a free port). Every attempt of the job (the first one and
-each restart) forms a new round of it, and fabric asks torchrun (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``) to give
-each attempt's processes a store of their own: ``MASTER_ADDR``/``MASTER_PORT`` point at a store that process rank 0
-of that attempt hosts on a fresh port, so restarted processes never read the addresses of the processes of a
-failed attempt. The rendezvous numbers the nodes (``GROUP_RANK``); ``--node-rank`` says which node hosts it.
+Rendezvous. The rendezvous runs on ``--main-address:--main-port``, hosted by the node with ``--node-rank 0`` (on one
+node without ``--main-port``: on a free port); on several nodes it is torchrun's ``c10d`` rendezvous, which numbers
+the nodes (``GROUP_RANK``). Every attempt of the job (the first one and each restart) forms a new round of it, and
+its processes get a store of their own (``fabric_core.cli.attempt_store``): ``MASTER_ADDR``/``MASTER_PORT`` point at
+a store on a fresh port that the ``fabric run`` of the node with rendezvous rank 0 starts before the attempt's
+processes, so restarted processes never read the addresses of the processes of a failed attempt, and no process
+waits for another to start the store.
 
 Failures on several nodes: the ``fabric run`` of node 0 hosts the rendezvous store itself and keeps it while every
 node whose processes failed posts which ranks failed; each node then prints the failures of every node (or that a
@@ -251,20 +252,27 @@ def launch(config: RunConfig) -> int:
     """Start the processes of this node with torch's elastic launcher; return the exit code for ``fabric run``."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous import RendezvousError
-    from torch.distributed.run import get_args_parser
-    from torch.distributed.run import run as torchrun
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, get_args_parser
+
+    from fabric_core.cli.attempt_store import BACKEND, register_backend
 
     os.environ.update(config.environment)
     os.environ.setdefault(NO_SHARED_STORE_ENV, "1")
     if "OMP_NUM_THREADS" not in os.environ:
         # share the cores between the processes of this node (torchrun would pick 1 and warn about it)
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // config.processes_per_node))
-    arguments = get_args_parser().parse_args(torchrun_arguments(config))
+    launch_config, entrypoint, entrypoint_args = config_from_args(
+        get_args_parser().parse_args(torchrun_arguments(config))
+    )
+    # torchrun's c10d rendezvous, with each attempt's store started by this process (see fabric_core.cli.attempt_store)
+    register_backend()
+    launch_config.rdzv_backend = BACKEND
     # on several nodes, node 0 hosts the rendezvous store itself so that it outlives torchrun's agent: the nodes
     # exchange their failure reports there (see fabric_core.cli.job_failures)
     store = _host_rendezvous_store(config) if config.num_nodes > 1 and config.node_rank == 0 else None
     try:
-        torchrun(arguments)
+        elastic_launch(launch_config, entrypoint)(*entrypoint_args)
     except ChildFailedError as err:
         _report_failure(config, store, _describe_failures(err))
         _, first = err.get_first_failure()
