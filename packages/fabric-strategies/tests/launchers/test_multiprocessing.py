@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -149,3 +151,41 @@ def test_fork_is_refused_once_cuda_is_initialised():
     torch.zeros(1, device="cuda")
     with pytest.raises(RuntimeError, match=r"CUDA was already initialised.*ddp_spawn"):
         _strategy("fork").launcher.launch(_add, None, 0)
+
+
+def _determinism_flags() -> tuple[bool, bool]:
+    return torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+
+
+def _report_determinism(strategy: DDPStrategy) -> tuple[bool, bool]:
+    strategy.setup_environment()
+    return _determinism_flags()
+
+
+def test_spawned_processes_get_the_determinism_flags_of_the_parent():
+    before = _determinism_flags()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        strategy = _strategy("spawn")
+        assert strategy.launcher.launch(_report_determinism, strategy) == (True, True)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_restoring_the_default_determinism_flags_does_not_import_inductor():
+    """``torch.use_deterministic_algorithms`` imports ``torch._inductor`` (a second of start-up per process): a spawned
+    process calls it only when its flags must change, or when the parent had loaded inductor's configuration."""
+    code = (
+        "import sys, torch\n"
+        "from fabric_strategies.launchers.multiprocessing import GlobalState\n"
+        "state = GlobalState.capture()\n"
+        "assert state.inductor_deterministic is None, state\n"
+        "state.restore()\n"
+        "print('torch._inductor' in sys.modules)\n"
+        "state.deterministic = True\n"
+        "state.restore()\n"
+        "print(torch.are_deterministic_algorithms_enabled(), 'torch._inductor' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]

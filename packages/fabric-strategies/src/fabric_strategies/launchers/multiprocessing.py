@@ -56,26 +56,41 @@ class ProcessFailedError(RuntimeError):
 
 @dataclass
 class GlobalState:
-    """What a spawned process does not inherit from its parent: determinism flags and random generators."""
+    """What a spawned process does not inherit from its parent: determinism flags and random generators.
+
+    ``torch.use_deterministic_algorithms`` also sets inductor's ``deterministic`` flag, importing ``torch._inductor``
+    (about a second of CPU time) to do so; a new process calls it only when its flags differ from the parent's, or
+    when the parent had imported inductor's configuration (then its flag is restored too).
+    """
 
     deterministic: bool
     deterministic_warn_only: bool
     cudnn_benchmark: bool
     cudnn_deterministic: bool
     rng: dict[str, Any]
+    inductor_deterministic: bool | None = None  # None: the parent never imported torch._inductor.config
 
     @classmethod
     def capture(cls) -> GlobalState:
+        inductor_config = sys.modules.get("torch._inductor.config")
         return cls(
             deterministic=torch.are_deterministic_algorithms_enabled(),
             deterministic_warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
             cudnn_benchmark=torch.backends.cudnn.benchmark,
             cudnn_deterministic=torch.backends.cudnn.deterministic,
             rng=capture_rng_state(),
+            inductor_deterministic=None if inductor_config is None else bool(inductor_config.deterministic),
         )
 
     def restore(self) -> None:
-        torch.use_deterministic_algorithms(self.deterministic, warn_only=self.deterministic_warn_only)
+        flags = (self.deterministic, self.deterministic_warn_only)
+        current = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        if current != flags or self.inductor_deterministic is not None:
+            torch.use_deterministic_algorithms(self.deterministic, warn_only=self.deterministic_warn_only)
+        if self.inductor_deterministic is not None:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.deterministic = self.inductor_deterministic
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
         torch.backends.cudnn.deterministic = self.cudnn_deterministic
         restore_rng_state(self.rng)
