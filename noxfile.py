@@ -444,7 +444,8 @@ def check_core_extras(session: nox.Session, dist: pathlib.Path, baseline: set[st
         else:
             plain = installed_distributions(session)
         seconds = time.monotonic() - start
-        session.log(f"fabric-core[{extra}]: installed and checked ({', '.join(checks)}) in {seconds:.0f} s")
+        name = f"fabric-core[{extra}]" if extra else "fabric-core"
+        session.log(f"{name}: installed and checked ({', '.join(checks)}) in {seconds:.0f} s")
     pip_uninstall(session, sorted(installed_distributions(session) - baseline))
 
 
