@@ -1,7 +1,8 @@
 """Every session of the monorepo, driven by one table of packages and their sibling dependencies.
 
+nox                         the quick check of a change: lint and fabric-utils' tests (about a minute)
 nox -l                      list the sessions
-nox -s ci                   what CI runs (lint, dag, tests of every package, integration, build, demo)
+nox -s ci                   what CI runs (lint, dag, tests of every package, integration, build, demo; two lanes)
 nox -s "tests(package='fabric-io')"
 nox -s tests_cuda tests_xla (opt-in: run the hardware-marked tests where the hardware exists)
 nox -s scale                (opt-in: the slow integration runs at world size 4-8, pytest marker `scale`)
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Callable
 
 import nox
+import nox.virtualenv
 import tomllib
 
 ROOT = pathlib.Path(__file__).parent
@@ -53,18 +55,27 @@ PACKAGES: dict[str, list[str]] = {
 # extra sibling packages a package's tests need (declared in its `test` extra)
 TEST_SIBLINGS: dict[str, list[str]] = {name: ["fabric-testing"] for name in PACKAGES if name != "fabric-testing"}
 
-nox.options.sessions = ["ci"]
+nox.needs_version = ">=2024.4"
+# `nox` alone runs the quick check of a change (about a minute); `nox -s ci` is what CI runs (all of it)
+nox.options.sessions = ["lint", "tests(package='fabric-utils')"]
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
+# uv makes each venv in seconds: torch is unpacked once into uv's cache and linked into every venv after that. Where
+# uv is missing, nox falls back to virtualenv + pip (slower, same result).
+nox.options.default_venv_backend = "uv|virtualenv"
+# uv reads no pip configuration: hand it pip's local wheel folder (where this machine keeps the torch CPU wheel)
+if os.environ.get("PIP_FIND_LINKS") and not os.environ.get("UV_FIND_LINKS"):
+    os.environ["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"]
 
 
-# `ci` runs a dozen venvs in a row, each about 1 GB (torch alone is most of it). CI's machine can be short of disk, so
-# under `ci` each venv is deleted as soon as its session ends; sessions run on their own keep theirs for `-r` re-use.
-DISCARD_VENVS = {"enabled": False}
+# `ci` runs a dozen venvs, each about 1 GB (linked from uv's cache where uv runs, copied with pip). CI's machine can be
+# short of disk, so `ci` runs each session as a child nox process with this variable set, and the session deletes its
+# venv as soon as it ends; sessions run on their own keep theirs for `-r` re-use.
+DISCARD_ENV = "NOX_DISCARD_VENVS"
 
 
 def disposable(func: Callable[..., None]) -> Callable[..., None]:
-    """Session body whose venv is deleted afterwards (pass or fail) when ``DISCARD_VENVS`` is enabled."""
+    """Session body whose venv is deleted afterwards (pass or fail) when ``DISCARD_ENV`` is set to 1."""
 
     @functools.wraps(func)
     def body(session: nox.Session, **kwargs: object) -> None:
@@ -72,7 +83,7 @@ def disposable(func: Callable[..., None]) -> Callable[..., None]:
             func(session, **kwargs)
         finally:
             location = getattr(session.virtualenv, "location", None)
-            if DISCARD_VENVS["enabled"] and location and os.path.isdir(location):
+            if os.environ.get(DISCARD_ENV) == "1" and location and os.path.isdir(location):
                 shutil.rmtree(location, ignore_errors=True)
                 print(f"removed {location} to free disk for the next session")
 
@@ -190,15 +201,17 @@ def integration(session: nox.Session) -> None:
     # DeepSpeed checkpoints are part of the cross-package contract (untrusted-checkpoint tests)
     session.install("-c", CONSTRAINTS, "deepspeed>=0.14")
     session.install("-c", CONSTRAINTS, "transformers")  # Hugging Face models built from tiny configs (test_hf_models)
+    session.install("-c", CONSTRAINTS, "-r", str(ROOT / "examples" / "requirements.txt"))  # test_examples runs them
     ensure_slurm(session)  # the Slurm tests train with Fabric on a real cluster
     run_integration_tests(session, "-m", "not scale")  # the slow world-size 4-8 runs are the `scale` session's
 
 
 @nox.session(default=False)
 def scale(session: nox.Session) -> None:
-    """Opt-in: the slow integration runs at world size 4-8 (pytest marker `scale`): failing and lost nodes of a
-    multi-node job, elastic restarts, FSDP hybrid and 2-D model-parallel meshes of 8 processes, DeepSpeed ZeRO-3
-    consolidation. About 7 minutes on a loaded 2-core machine."""
+    """Opt-in: the slow integration runs at world size 4-8 (pytest marker `scale`), about 7 minutes.
+
+    Failing and lost nodes of a multi-node job, elastic restarts, FSDP hybrid and 2-D model-parallel meshes of 8
+    processes, DeepSpeed ZeRO-3 consolidation (the 7 minutes were measured on a loaded 2-core machine)."""
     install_packages(session, ["fabric-core"], test_of="fabric-core")
     session.install("-c", CONSTRAINTS, "deepspeed>=0.14")
     run_integration_tests(session, "-m", "scale")
@@ -224,7 +237,7 @@ def run_integration_tests(session: nox.Session, *selection: str) -> None:
 @nox.session
 @disposable
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check over the whole tree."""
+    """Lint the whole tree with ruff check and ruff format --check."""
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", "--diff", ".")
@@ -232,7 +245,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def typecheck(session: nox.Session) -> None:
-    """mypy over every package's sources."""
+    """Type-check every package's sources with mypy."""
     install_packages(session, list(PACKAGES))
     session.install("mypy>=1.10")
     session.run("mypy", *(str(ROOT / "packages" / n / "src") for n in PACKAGES))
@@ -241,8 +254,10 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 @disposable
 def dag(session: nox.Session) -> None:
-    """The package graph: import-linter layers, declared siblings match the table, one shared pinned version, no
-    underscore names imported across packages."""
+    """Check the package graph: import-linter layers, siblings as declared, one pinned version, public imports only.
+
+    The declared sibling dependencies must match the PACKAGES table, every package must carry the one shared version
+    and pin its siblings to it, and no module may import an underscore name of another package."""
     session.install("import-linter>=2.0")
     check_declared_siblings()
     src_paths = os.pathsep.join(str(ROOT / "packages" / n / "src") for n in PACKAGES)
@@ -337,7 +352,7 @@ def wheel_imports(session: nox.Session) -> None:
         code = f"import {module} as m; print(m.__name__, 'imports from', m.__file__, 'with', len(m.__all__), 'names')"
         session.run("python", "-c", code)
         extra = sorted(installed_distributions(session) - baseline)
-        session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", *extra, silent=True)
+        uninstall(session, extra)
     check_core_extras(session, dist, baseline)
 
 
@@ -440,17 +455,24 @@ def check_core_extras(session: nox.Session, dist: pathlib.Path, baseline: set[st
         for check in checks:
             session.run("python", "-c", EXTRA_CHECKS[check], env=quiet)
         if extra:
-            pip_uninstall(session, sorted(installed_distributions(session) - plain))
+            uninstall(session, sorted(installed_distributions(session) - plain))
         else:
             plain = installed_distributions(session)
         seconds = time.monotonic() - start
         name = f"fabric-core[{extra}]" if extra else "fabric-core"
         session.log(f"{name}: installed and checked ({', '.join(checks)}) in {seconds:.0f} s")
-    pip_uninstall(session, sorted(installed_distributions(session) - baseline))
+    uninstall(session, sorted(installed_distributions(session) - baseline))
 
 
-def pip_uninstall(session: nox.Session, names: list[str]) -> None:
-    if names:
+def uninstall(session: nox.Session, names: list[str]) -> None:
+    """Remove ``names`` from the session's venv, with uv where the venv is uv's (it has no pip), else with pip."""
+    if not names:
+        return
+    if session.venv_backend == "uv":
+        uv = nox.virtualenv.find_uv()[1]
+        python = os.path.join(session.virtualenv.location, "bin", "python")
+        session.run(uv, "pip", "uninstall", "--quiet", "--python", python, *names, silent=True, external=True)
+    else:
         session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", *names, silent=True)
 
 
@@ -465,6 +487,7 @@ def installed_distributions(session: nox.Session) -> set[str]:
 def demo(session: nox.Session) -> None:
     """The main job: a small image-classifier training run on 2 CPU processes with DDP."""
     install_packages(session, ["fabric-core"])
+    session.install("-c", CONSTRAINTS, "-r", str(ROOT / "examples" / "requirements.txt"))  # its pictures, TensorBoard
     session.run(
         "fabric",
         "run",
@@ -483,8 +506,8 @@ def demo(session: nox.Session) -> None:
 def examples(session: nox.Session) -> None:
     """Every example, on small settings, with 2 CPU processes."""
     install_packages(session, ["fabric-core", "fabric-loggers"])
-    session.install("-c", CONSTRAINTS, "-e", path("fabric-loggers") + "[tensorboard]")
-    for script in sorted((ROOT / "examples").glob("*.py")):
+    session.install("-c", CONSTRAINTS, "-r", str(ROOT / "examples" / "requirements.txt"))  # matplotlib, tensorboard
+    for script in sorted((ROOT / "examples").glob("[!_]*.py")):  # not the shared examples/_pictures.py
         session.run("fabric", "run", "--accelerator", "cpu", "--devices", "2", str(script), "--fast")
 
 
@@ -511,17 +534,56 @@ def docs(session: nox.Session) -> None:
     session.run("python", str(ROOT / "docs" / "check_pages.py"), build, *session.posargs)
 
 
+# `ci`'s sessions, longest first (the lanes take them in this order)
+CI_SESSIONS = [
+    "integration",
+    "tests(package='fabric-core')",
+    "tests(package='fabric-strategies')",
+    "tests(package='fabric-environments')",
+    "tests(package='fabric-precision')",
+    "tests(package='fabric-io')",
+    "tests(package='fabric-loggers')",
+    "tests(package='fabric-accelerators')",
+    "tests(package='fabric-utils')",
+    "tests(package='fabric-testing')",
+    "build",
+    "demo",
+    "lint",
+    "dag",
+]
+
+
 @nox.session(python=False)
 def ci(session: nox.Session) -> None:
-    """What CI runs: queue lint, dag, every package's CPU tests, integration, build and the demo.
+    """What CI runs: lint, dag, every package's CPU tests, integration, build and the demo, in two lanes.
 
-    Each queued session's venv is deleted when it ends, so the run needs about 2 GB of free disk, not 13 GB.
+    Each session runs as its own nox process; two run at a time (`nox -s ci -- --jobs 1` runs one at a time). The
+    Debian packages some sessions need are installed first, once. Each session's venv is deleted when it ends.
     """
-    DISCARD_VENVS["enabled"] = True
+    jobs = ci_jobs(session.posargs)
     free_gb = shutil.disk_usage(ROOT).free / 2**30
-    print(f"free disk at {ROOT}: {free_gb:.1f} GiB (each session needs about 1.5 GiB while it runs)")
-    for name in ["lint", "dag", *(f"tests(package='{p}')" for p in PACKAGES), "integration", "build", "demo"]:
-        session.notify(name)
+    print(f"free disk at {ROOT}: {free_gb:.1f} GiB (each session needs about 1.5 GiB while it runs); {jobs} lane(s)")
+    # dpkg takes one installer at a time: install for every session before the lanes start
+    apt_install(session, "mpirun", "openmpi-bin", "libopenmpi-dev")
+    ensure_slurm(session)
+    sys.path.insert(0, str(ROOT / ".ci"))
+    from lanes import run_in_lanes
+
+    outcomes = run_in_lanes(CI_SESSIONS, jobs=jobs, noxfile=ROOT / "noxfile.py", env={DISCARD_ENV: "1"})
+    for outcome in sorted(outcomes, key=lambda o: -o.seconds):
+        print(f"{outcome.seconds:6.0f} s  {'ok    ' if outcome.returncode == 0 else 'FAILED'}  {outcome.name}")
+    failed = [outcome.name for outcome in outcomes if outcome.returncode != 0]
+    if failed:
+        session.error(f"failed sessions: {', '.join(failed)}")
+
+
+def ci_jobs(posargs: list[str]) -> int:
+    """``--jobs N`` from ``nox -s ci -- --jobs N`` (default 2, one per core of CI's machine)."""
+    if not posargs:
+        return 2
+    if len(posargs) == 2 and posargs[0] == "--jobs" and posargs[1].isdigit() and int(posargs[1]) >= 1:
+        return int(posargs[1])
+    raise SystemExit(f"nox -s ci takes only `-- --jobs N` (N >= 1), got {posargs}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""Run nox sessions side by side: ``jobs`` lanes, each taking the next session from one queue.
+
+Used by the ``ci`` session of noxfile.py. Each session runs as its own ``nox -s NAME`` process with its output in a
+log file; the log is printed whole when the session ends (so the CI log reads session by session, not interleaved),
+followed by a line with its result and time. Sessions are taken in the order given: put the longest first.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    returncode: int
+    seconds: float
+
+
+def run_in_lanes(
+    names: Sequence[str], *, jobs: int, noxfile: Path, env: Mapping[str, str] | None = None
+) -> list[Outcome]:
+    """Run every session in ``names`` with at most ``jobs`` at a time; return their outcomes in the order they ended."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    printing = threading.Lock()
+    outcomes: list[Outcome] = []
+    child_env = {**os.environ, **(env or {})}
+    start = time.monotonic()
+
+    def run_one(name: str) -> None:
+        begun = time.monotonic()
+        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
+            command = [sys.executable, "-m", "nox", "--noxfile", str(noxfile), "-s", name]
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_env, check=False).returncode
+            log.seek(0)
+            outcome = Outcome(name, code, time.monotonic() - begun)
+            with printing:
+                sys.stdout.write(log.read())
+                state = "passed" if code == 0 else f"FAILED (exit code {code})"
+                since = time.monotonic() - start
+                print(f"=== {name}: {state} in {outcome.seconds:.0f} s ({since:.0f} s into the run) ===", flush=True)
+                outcomes.append(outcome)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(run_one, name) for name in names]:
+            future.result()
+    return outcomes
