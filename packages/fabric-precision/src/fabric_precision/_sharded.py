@@ -68,6 +68,20 @@ class ShardedPrecision(Precision):
     def module_init_context(self) -> AbstractContextManager[Any]:
         return self.tensor_init_context()
 
+    # -- forward: "-true" half precisions compute in their dtype; the engine casts for the others ----------------
+    @property
+    @override
+    def needs_forward_context(self) -> bool:
+        return self._true_half
+
+    @override
+    def forward_context(self) -> AbstractContextManager[Any]:
+        return default_dtype(self._dtype) if self._true_half else nullcontext()
+
+    @override
+    def convert_input(self, data: Any) -> Any:
+        return convert_floating_tensors(data, self._dtype)
+
     @override
     def convert_output(self, data: Any) -> Any:
         return convert_floating_tensors(data, output_dtype())

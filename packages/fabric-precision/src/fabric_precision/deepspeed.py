@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -12,7 +11,6 @@ from torch.nn import Module
 from typing_extensions import override
 
 from fabric_precision._sharded import ShardedPrecision, ShardedPrecisionName
-from fabric_precision.base import convert_floating_tensors, default_dtype
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,20 +53,6 @@ class DeepSpeedPrecision(ShardedPrecision):
         if self._dtype == torch.bfloat16:
             return {"bf16": {"enabled": True}}
         return {}
-
-    # -- forward: the other hooks come from ShardedPrecision ---------------------------------------------------------
-    @property
-    @override
-    def needs_forward_context(self) -> bool:
-        return self._true_half
-
-    @override
-    def forward_context(self) -> AbstractContextManager[Any]:
-        return default_dtype(self._dtype) if self._true_half else nullcontext()
-
-    @override
-    def convert_input(self, data: Any) -> Any:
-        return convert_floating_tensors(data, self._dtype)
 
     # -- backward -------------------------------------------------------------------------------------------------
     @override

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
 from typing_extensions import override
 
 from fabric_precision._sharded import ShardedPrecision
-from fabric_precision.base import convert_floating_tensors, default_dtype
 from fabric_utils import TORCH_XLA, MissingDependencyError, Optimizable, Steppable, xla_available
 
 XLAPrecisionName = Literal["32-true", "16-true", "bf16-true"]
@@ -31,19 +29,6 @@ class XLAPrecision(ShardedPrecision):
                 f"XLAPrecision(precision={precision!r}) requires `torch_xla`, which is not available."
                 f" Run: {TORCH_XLA.install}"
             )
-
-    @property
-    @override
-    def needs_forward_context(self) -> bool:
-        return self._true_half
-
-    @override
-    def forward_context(self) -> AbstractContextManager[Any]:
-        return default_dtype(self._dtype) if self._true_half else nullcontext()
-
-    @override
-    def convert_input(self, data: Any) -> Any:
-        return convert_floating_tensors(data, self._dtype)
 
     # -- step -----------------------------------------------------------------------------------------------------
     @override
