@@ -10,7 +10,7 @@ import click
 from fabric_core import __version__
 from fabric_core.cli.consolidate import consolidate
 from fabric_core.cli.environment import env
-from fabric_core.cli.migrate import migrate
+from fabric_core.cli.migrate_command import migrate
 from fabric_core.cli.run import run
 
 USAGE_ERROR = 2

@@ -2,11 +2,7 @@
 
 The rewriting is a libcst codemod (``fabric_core.cli.migrate_codemod``, imported only when the command runs, so that
 neither ``import fabric_core`` nor ``fabric --help`` needs libcst). This module holds what needs no parser: the table
-from Lightning's names to ours, the walk over paths, and the command.
-
-Exit codes: 0 when nothing needs changing or ``--write`` wrote the changes; 1 when the diff shows changes that were not
-written, or when a file could not be read or parsed (it is named and skipped); 2 for usage errors and when libcst is
-not installed.
+from Lightning's names to ours and the walk over paths; the command is in ``migrate_command``.
 """
 
 from __future__ import annotations
@@ -18,8 +14,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
-
-import click
 
 from fabric_utils import OptionalDependency
 
@@ -224,48 +218,3 @@ def _walk(paths: Sequence[str]) -> Iterator[Path]:
                 if not d.startswith(".") and d != "__pycache__" and not (Path(root, d) / "pyvenv.cfg").exists()
             )
             yield from (Path(root, name) for name in sorted(files) if name.endswith(".py"))
-
-
-class _MissingLibcst(click.ClickException):
-    exit_code = 2  # the command cannot run as installed
-
-
-@click.command(short_help="Rewrite Lightning Fabric imports to fabric's packages.")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True), metavar="PATH...")
-@click.option("--write", is_flag=True, help="Rewrite the files in place instead of printing a diff.")
-def migrate(paths: tuple[str, ...], write: bool) -> None:
-    """Rewrite the lightning.fabric / lightning_fabric imports and qualified names in each PATH (a file, or a
-    directory searched for *.py files) to fabric's packages.
-
-    Prints a unified diff by default; --write rewrites the files. Names with no counterpart are listed on stderr
-    with the closest name that exists. Exit code: 0 nothing to change or changes written, 1 changes shown but not
-    written or a file skipped, 2 usage error.
-    """
-    try:
-        LIBCST.require("fabric migrate")
-    except ModuleNotFoundError as err:
-        raise _MissingLibcst(str(err)) from None
-    from fabric_core.cli.migrate_codemod import migrate_source
-
-    table = NameTable.from_installed()
-    pending = skipped = False
-    for path in python_files(paths):
-        try:
-            source = path.read_bytes()
-            result = migrate_source(source, str(path), table)
-        except (OSError, SyntaxError) as err:
-            click.echo(f"{path}: skipped: {err}", err=True)
-            skipped = True
-            continue
-        for unmapped in result.unmapped:
-            click.echo(str(unmapped), err=True)
-        if result.code == source:
-            continue
-        if write:
-            path.write_bytes(result.code)
-            click.echo(f"rewrote {path}", err=True)
-        else:
-            click.echo(result.diff, nl=False)
-            pending = True
-    if pending or skipped:
-        click.get_current_context().exit(1)
