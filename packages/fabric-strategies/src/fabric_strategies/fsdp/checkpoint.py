@@ -17,7 +17,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch.nn import Module
 from torch.optim import Optimizer
@@ -30,6 +30,7 @@ from fabric_io import (
     save_sharded_checkpoint,
 )
 from fabric_strategies.checkpoint import (
+    CheckpointingStrategy,
     MissingStateKeyError,
     StateFilter,
     check_filter,
@@ -43,7 +44,21 @@ from fabric_utils import PathLike, Stateful
 if TYPE_CHECKING:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    from fabric_strategies.fsdp.base import ShardedStrategy
+
+class ShardedStates(CheckpointingStrategy, Protocol):
+    """What these functions need of ``ShardedStrategy``; declared here so that this module, which ``ShardedStrategy``
+    uses, does not import it back."""
+
+    @property
+    def state_dict_type(self) -> str: ...
+
+    @property
+    def setup_modules(self) -> list[Module]: ...
+
+    @property
+    def is_global_zero(self) -> bool: ...
+
+    def barrier(self, name: str | None = None) -> None: ...
 
 
 def _options(*, full: bool, strict: bool = True) -> StateDictOptions:
@@ -92,7 +107,7 @@ def find_module(optimizer: Optimizer, candidates: Iterable[Module]) -> Module:
 
 
 # -- save ----------------------------------------------------------------------------------------------------------
-def save(strategy: ShardedStrategy, path: PathLike, state: Mapping[str, Any], filter: StateFilter | None) -> None:
+def save(strategy: ShardedStates, path: PathLike, state: Mapping[str, Any], filter: StateFilter | None) -> None:
     converted, full = to_sharded_checkpoint(strategy, path, state, filter)
     if not full:
         save_sharded_checkpoint(converted, path)
@@ -103,7 +118,7 @@ def save(strategy: ShardedStrategy, path: PathLike, state: Mapping[str, Any], fi
 
 
 def to_sharded_checkpoint(
-    strategy: ShardedStrategy, path: PathLike, state: Mapping[str, Any], filter: StateFilter | None
+    strategy: ShardedStates, path: PathLike, state: Mapping[str, Any], filter: StateFilter | None
 ) -> tuple[dict[str, Any], bool]:
     """``state`` with modules and optimizers replaced by their state dicts (shards, or full ones on global rank 0)
     and ``filter`` applied, and whether it is the full format. Collective."""
@@ -134,7 +149,7 @@ def to_sharded_checkpoint(
     return converted, full
 
 
-def write_file(strategy: ShardedStrategy, checkpoint: dict[str, Any], path: PathLike) -> None:
+def write_file(strategy: ShardedStates, checkpoint: dict[str, Any], path: PathLike) -> None:
     """Write a full checkpoint file; an existing sharded directory at ``path`` is replaced only once it is written."""
     target = os.fspath(path)
     if is_remote_path(path) or not os.path.isdir(target):
@@ -156,7 +171,7 @@ def write_file(strategy: ShardedStrategy, checkpoint: dict[str, Any], path: Path
 
 # -- load ----------------------------------------------------------------------------------------------------------
 def load(
-    strategy: ShardedStrategy,
+    strategy: ShardedStates,
     path: PathLike,
     state: Module | Optimizer | dict[str, Any] | None,
     strict: bool,
@@ -171,7 +186,7 @@ def load(
 
 
 def _load_sharded(
-    strategy: ShardedStrategy,
+    strategy: ShardedStates,
     path: PathLike,
     state: Module | Optimizer | dict[str, Any] | None,
     strict: bool,
@@ -249,7 +264,7 @@ def _restore(
 
 
 def _load_file(
-    strategy: ShardedStrategy,
+    strategy: ShardedStates,
     path: PathLike,
     state: Module | Optimizer | dict[str, Any] | None,
     strict: bool,
