@@ -257,12 +257,19 @@ def dag(session: nox.Session) -> None:
     """Check the package graph: import-linter layers, siblings as declared, one pinned version, public imports only.
 
     The declared sibling dependencies must match the PACKAGES table, every package must carry the one shared version
-    and pin its siblings to it, and no module may import an underscore name of another package."""
+    and pin its siblings to it, no module may import an underscore name of another package, and no module may import
+    one of its own package that imports it back (.ci/import_cycles.py)."""
     session.install("import-linter>=2.0")
     check_declared_siblings()
     src_paths = os.pathsep.join(str(ROOT / "packages" / n / "src") for n in PACKAGES)
     session.run("lint-imports", "--config", str(ROOT / "pyproject.toml"), env={"PYTHONPATH": src_paths})
     check_private_imports()
+    sys.path.insert(0, str(ROOT / ".ci"))
+    from import_cycles import check_import_cycles  # no module imports another of its package back (a circle)
+
+    if circles := check_import_cycles(ROOT):
+        raise SystemExit("import circles inside a package:\n" + "\n".join(circles))
+    print("no import circles inside any package")
 
 
 def read_project(name: str) -> dict:

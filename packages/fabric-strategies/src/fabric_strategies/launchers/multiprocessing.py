@@ -11,11 +11,12 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 from typing_extensions import override
 
+from fabric_environments import ClusterEnvironment
 from fabric_strategies.launchers.base import Launcher
 from fabric_strategies.launchers.process_control import die_with_parent, stop_processes
 from fabric_strategies.launchers.rank_watch import (
@@ -28,11 +29,24 @@ from fabric_strategies.launchers.subprocess_script import process_variables
 from fabric_strategies.teardown import destroy_process_group_cleanly
 from fabric_utils import apply_to_collection, capture_rng_state, restore_rng_state
 
-if TYPE_CHECKING:
-    from fabric_strategies.parallel import ParallelStrategy
-
 StartMethod = Literal["spawn", "fork", "forkserver"]
 START_METHODS: tuple[str, ...] = get_args(StartMethod)
+
+
+class LaunchedStrategy(Protocol):
+    """What the launcher needs of the strategy whose processes it starts (``ParallelStrategy`` has it); declared
+    here so that this module, which ``ParallelStrategy`` uses, does not import it back."""
+
+    @property
+    def cluster_environment(self) -> ClusterEnvironment: ...
+
+    @property
+    def num_processes(self) -> int: ...
+
+    @property
+    def num_nodes(self) -> int: ...
+
+    def _set_local_rank(self, local_rank: int) -> None: ...
 
 
 class RemoteTraceback(Exception):  # noqa: N818 - carries a traceback, it is not itself an error
@@ -122,7 +136,7 @@ def _pickled_exception(err: BaseException) -> bytes | None:
 def _process_main(
     local_rank: int,
     conn: Connection,
-    strategy: ParallelStrategy,
+    strategy: LaunchedStrategy,
     function: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -172,7 +186,7 @@ class MultiprocessingLauncher(Launcher):
     ``spawn``/``forkserver`` the function, its arguments and the strategy must be picklable.
     """
 
-    def __init__(self, strategy: ParallelStrategy, start_method: StartMethod = "spawn", *, join_timeout: float = 60.0):
+    def __init__(self, strategy: LaunchedStrategy, start_method: StartMethod = "spawn", *, join_timeout: float = 60.0):
         available = mp.get_all_start_methods()
         if start_method not in START_METHODS or start_method not in available:
             choices = ", ".join(m for m in START_METHODS if m in available)
