@@ -29,6 +29,8 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from fabric_core.loader import FabricDataLoader
+from fabric_strategies import Strategy
 from fabric_utils import apply_to_collection, seed_worker
 
 SEED_ENV = "FABRIC_GLOBAL_SEED"
@@ -219,3 +221,19 @@ def add_worker_seeding(loader: DataLoader, rank: int) -> None:  # type: ignore[t
 def numbers_to_tensors(data: Any, device: torch.device) -> Any:
     """Every int and float in ``data`` (not bools) as a tensor on ``device``, so collectives can send it."""
     return apply_to_collection(data, (int, float), lambda x: torch.tensor(x, device=device), wrong_dtype=bool)
+
+
+def setup_dataloader(
+    strategy: Strategy, loader: DataLoader, use_distributed_sampler: bool, device: torch.device | None
+) -> FabricDataLoader:
+    """``loader`` for this process: re-created with a distributed sampler where the strategy shards data, its workers
+    seeded per rank, processed by the strategy, and wrapped to move each batch to ``device`` (None: not moved)."""
+    sampler_kwargs = strategy.distributed_sampler_kwargs
+    if use_distributed_sampler and sampler_kwargs is not None:
+        # every process must shuffle with the same seed, even if the user seeded the processes differently
+        seed = strategy.broadcast(global_seed(), src=0) if strategy.world_size > 1 else global_seed()
+        loader = inject_distributed_sampler(loader, sampler_kwargs["num_replicas"], sampler_kwargs["rank"], seed)
+    add_worker_seeding(loader, strategy.global_rank)
+    processed = strategy.process_dataloader(loader)
+    # a strategy that returns its own loader type (e.g. an XLA device loader) moves the batches itself
+    return FabricDataLoader(processed, device=device if isinstance(processed, DataLoader) else None)

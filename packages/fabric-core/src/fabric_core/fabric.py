@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import reprlib
 import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -18,8 +17,7 @@ from fabric_accelerators import Accelerator
 from fabric_core.callbacks import HookCaller, collect_callbacks
 from fabric_core.compile import Compilation, split_compiled
 from fabric_core.connector import AcceleratorFlag, Plugin, StrategyFlag, build, is_interactive, resolve_plan
-from fabric_core.data import add_worker_seeding, global_seed, inject_distributed_sampler, numbers_to_tensors
-from fabric_core.loader import FabricDataLoader
+from fabric_core.data import numbers_to_tensors, setup_dataloader
 from fabric_core.preemption import Preemption, SignalLike
 from fabric_core.progress import OpenBars, Progress
 from fabric_core.validation import (
@@ -32,11 +30,13 @@ from fabric_core.validation import (
     check_optimizers_own_parameters,
     check_optional_bool,
     check_path_first,
+    check_save_state,
+    check_setup_dataloaders,
     check_setup_module,
     check_setup_optimizers,
 )
-from fabric_core.wrappers import FabricModule, FabricOptimizer, is_wrapped, unwrap, unwrap_state
-from fabric_strategies import AsyncSave, Strategy, SubprocessScriptLauncher, call_at_exit, save_state, wait_for_saves
+from fabric_core.wrappers import FabricModule, FabricOptimizer, hand_back_loaded, unwrap, unwrap_state
+from fabric_strategies import AsyncSave, Launcher, Strategy, call_at_exit, save_state, wait_for_saves
 from fabric_utils import (
     Logger,
     PathLike,
@@ -169,15 +169,15 @@ class Fabric:
         """
         if function is not None and not callable(function):
             raise TypeError(f"fabric.launch(function) needs a callable, got {function!r}")
-        launcher = self._strategy.launcher
-        if self._environment_ready or launcher is None or self._cluster_environment.creates_processes_externally:
+        launcher = self._launcher_to_start()
+        if self._environment_ready or launcher is None:
             return self._run_with_setup(function, *args, **kwargs)
         if is_interactive() and not launcher.is_interactive_compatible:
             raise RuntimeError(
                 f"strategy={self._plan.strategy!r} cannot start processes from an interactive session (notebook or"
                 " REPL). Run the code as a script, or use strategy='ddp_notebook' (or 'dp' on GPUs)."
             )
-        if function is None and not isinstance(launcher, SubprocessScriptLauncher):
+        if function is None and not launcher.reruns_script:
             raise TypeError(
                 f"To start processes with strategy={self._plan.strategy!r}, pass the function to run in each of"
                 " them: fabric.launch(train), where train(fabric, ...) holds the training code."
@@ -200,11 +200,15 @@ class Fabric:
         # the script's own atexit handlers (one of them may destroy the process group itself)
         call_at_exit(_teardown_at_exit, weakref.ref(self._strategy))
 
+    def _launcher_to_start(self) -> Launcher | None:
+        """The launcher, when this process must start the others (not when fabric run, torchrun... started it)."""
+        external = self._cluster_environment.creates_processes_externally
+        return None if external else self._strategy.launcher
+
     def _ensure_launched(self) -> None:
         if self._environment_ready:
             return
-        launcher = self._strategy.launcher
-        if launcher is None or self._cluster_environment.creates_processes_externally:
+        if self._launcher_to_start() is None:
             self._join()
             return
         raise RuntimeError(
@@ -216,7 +220,17 @@ class Fabric:
     # -- set-up --------------------------------------------------------------------------------------------------
     def setup(self, module: nn.Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
         """Set up a model and its optimizers for the strategy and precision; return the wrapped objects."""
-        check_bool("setup", move_to_device=move_to_device)
+        fabric_module, fabric_optimizers = self._setup("setup", module, optimizers, move_to_device)
+        return (fabric_module, *fabric_optimizers) if optimizers else fabric_module
+
+    def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
+        """Set up a model alone (optimizers can follow with :meth:`setup_optimizers`, e.g. after FSDP sharding)."""
+        return self._setup("setup_module", module, (), move_to_device)[0]
+
+    def _setup(
+        self, caller: str, module: nn.Module, optimizers: Sequence[Optimizer], move_to_device: bool
+    ) -> tuple[FabricModule, list[FabricOptimizer]]:
+        check_bool(caller, move_to_device=move_to_device)
         module, compilation = split_compiled(module)  # compiled again after the strategy wraps it
         check_setup_module(module, self._set_up)
         check_setup_optimizers(optimizers, self._set_up)
@@ -231,20 +245,7 @@ class Fabric:
         else:
             module, wrapped_optimizers = self._strategy.setup_module(module), []
         fabric_module = self._wrap_module(module, original, before, compilation)
-        fabric_optimizers = [self._wrap_optimizer(o, given) for o, given in zip(wrapped_optimizers, optimizers)]
-        return (fabric_module, *fabric_optimizers) if optimizers else fabric_module
-
-    def setup_module(self, module: nn.Module, move_to_device: bool = True) -> FabricModule:
-        """Set up a model alone (optimizers can follow with :meth:`setup_optimizers`, e.g. after FSDP sharding)."""
-        check_bool("setup_module", move_to_device=move_to_device)
-        module, compilation = split_compiled(module)
-        check_setup_module(module, self._set_up)
-        self._ensure_launched()
-        original, before = module, list(module.parameters())
-        module = self._precision.convert_module(module)
-        if move_to_device:
-            self._strategy.module_to_device(module)
-        return self._wrap_module(self._strategy.setup_module(module), original, before, compilation)
+        return fabric_module, [self._wrap_optimizer(o, given) for o, given in zip(wrapped_optimizers, optimizers)]
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
         """Set up optimizers (of models already set up); returns one wrapper, or a tuple for several."""
@@ -260,29 +261,13 @@ class Fabric:
         self, *dataloaders: DataLoader, use_distributed_sampler: bool = True, move_to_device: bool = True
     ) -> Any:
         """Shard each DataLoader across processes (re-created with a distributed sampler) and wrap it."""
-        if not dataloaders:
-            raise ValueError("setup_dataloaders needs at least one DataLoader")
-        check_bool("setup_dataloaders", use_distributed_sampler=use_distributed_sampler, move_to_device=move_to_device)
-        for loader in dataloaders:
-            if is_wrapped(loader):
-                raise ValueError("This dataloader was already set up by fabric.setup_dataloaders; set it up only once.")
-            if not isinstance(loader, DataLoader):
-                raise TypeError(f"setup_dataloaders expects torch DataLoaders, got {type(loader).__name__}")
+        check_setup_dataloaders(
+            dataloaders, use_distributed_sampler=use_distributed_sampler, move_to_device=move_to_device
+        )
         self._ensure_launched()
-        wrapped = [self._setup_dataloader(d, use_distributed_sampler, move_to_device) for d in dataloaders]
+        device = self.device if move_to_device else None
+        wrapped = [setup_dataloader(self._strategy, d, use_distributed_sampler, device) for d in dataloaders]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
-
-    def _setup_dataloader(self, loader: DataLoader, use_distributed_sampler: bool, move: bool) -> FabricDataLoader:
-        sampler_kwargs = self._strategy.distributed_sampler_kwargs
-        if use_distributed_sampler and sampler_kwargs is not None:
-            # every process must shuffle with the same seed, even if the user seeded the processes differently
-            seed = self._strategy.broadcast(global_seed(), src=0) if self.world_size > 1 else global_seed()
-            loader = inject_distributed_sampler(loader, sampler_kwargs["num_replicas"], sampler_kwargs["rank"], seed)
-        add_worker_seeding(loader, self.global_rank)
-        processed = self._strategy.process_dataloader(loader)
-        # a strategy that returns its own loader type (e.g. an XLA device loader) moves the batches itself
-        device = self.device if move and isinstance(processed, DataLoader) else None
-        return FabricDataLoader(processed, device=device)
 
     def _wrap_module(
         self, module: nn.Module, original: nn.Module, before: Sequence[torch.Tensor], compilation: Compilation | None
@@ -433,12 +418,7 @@ class Fabric:
     ) -> AsyncSave | None:
         """Save ``state`` (modules, optimizers, stateful objects, plain data) to ``path`` through the strategy;
         ``asynchronous=True`` returns once the state is copied and writes it in the background (checkpoints.md)."""
-        check_path_first("save", path, state, "state")
-        if not isinstance(state, Mapping):
-            raise TypeError(
-                "fabric.save(state=...) must be a dict of names to objects, e.g. {'model': model, 'optimizer':"
-                f" optimizer}}, got {reprlib.repr(state)} of type {type(state).__name__}"
-            )
+        check_save_state(path, state)
         check_filter(filter, state)
         check_bool("save", asynchronous=asynchronous)
         self._ensure_launched()
@@ -465,9 +445,7 @@ class Fabric:
         remainder = self._strategy.load_checkpoint(path, unwrapped, strict=strict, weights_only=weights_only)
         self._strategy.barrier()
         if state is not None and unwrapped is not None:
-            for key, value in unwrapped.items():
-                if not is_wrapped(state[key]):
-                    state[key] = value  # plain data restored into the copy: hand it back
+            hand_back_loaded(state, unwrapped)  # plain data restored into the copy
         return remainder
 
     def load_raw(

@@ -4,12 +4,14 @@ and what is accepted, before anything changes."""
 from __future__ import annotations
 
 import os
+import reprlib
 import weakref
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.utils.data import DataLoader
 
 from fabric_core.wrappers import is_wrapped
 from fabric_io import check_path
@@ -88,6 +90,28 @@ def check_filter(filter: Any, state: Mapping[str, Any]) -> None:
             raise ValueError(f"save(filter=...) names the key {key!r}, which is not in the state: {sorted(state)}")
         if not callable(fn):
             raise TypeError(f"save(filter={{{key!r}: ...}}) must be a callable (name, value) -> bool, got {fn!r}")
+
+
+def check_setup_dataloaders(dataloaders: Sequence[Any], **flags: Any) -> None:
+    """``setup_dataloaders`` takes at least one torch DataLoader, none of them set up before, and bool ``flags``."""
+    if not dataloaders:
+        raise ValueError("setup_dataloaders needs at least one DataLoader")
+    check_bool("setup_dataloaders", **flags)
+    for loader in dataloaders:
+        if is_wrapped(loader):
+            raise ValueError("This dataloader was already set up by fabric.setup_dataloaders; set it up only once.")
+        if not isinstance(loader, DataLoader):
+            raise TypeError(f"setup_dataloaders expects torch DataLoaders, got {type(loader).__name__}")
+
+
+def check_save_state(path: Any, state: Any) -> None:
+    """``save(path, state)``: the path first, then a dict of names to objects."""
+    check_path_first("save", path, state, "state")
+    if not isinstance(state, Mapping):
+        raise TypeError(
+            "fabric.save(state=...) must be a dict of names to objects, e.g. {'model': model, 'optimizer':"
+            f" optimizer}}, got {reprlib.repr(state)} of type {type(state).__name__}"
+        )
 
 
 def check_setup_module(module: Any, set_up: Collection[Any]) -> None:

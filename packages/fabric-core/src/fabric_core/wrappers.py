@@ -317,3 +317,10 @@ def unwrap(obj: Any) -> Any:
 def unwrap_state(state: Mapping[str, Any]) -> dict[str, Any]:
     """``state`` (a checkpoint's top level) with every set-up module and optimizer replaced by the original."""
     return {key: unwrap(value) for key, value in state.items()}
+
+
+def hand_back_loaded(state: dict[str, Any], unwrapped: Mapping[str, Any]) -> None:
+    """After a load into ``unwrap_state(state)``: put the plain entries it restored back into ``state``."""
+    for key, value in unwrapped.items():
+        if not is_wrapped(state[key]):
+            state[key] = value

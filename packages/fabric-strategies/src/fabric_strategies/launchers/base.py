@@ -15,6 +15,11 @@ class Launcher(ABC):
     def is_interactive_compatible(self) -> bool:
         """Whether this launcher works in an interactive session (a notebook, the REPL)."""
 
+    @property
+    def reruns_script(self) -> bool:
+        """Whether the other processes run the script again from the top, so that ``launch`` needs no function."""
+        return False
+
     @abstractmethod
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Start the processes and call ``function(*args, **kwargs)``; return what it returned on global rank 0."""

@@ -121,6 +121,11 @@ class SubprocessScriptLauncher(Launcher):
     def is_interactive_compatible(self) -> bool:
         return False
 
+    @property
+    @override
+    def reruns_script(self) -> bool:
+        return True
+
     @override
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self.cluster_environment.creates_processes_externally:
