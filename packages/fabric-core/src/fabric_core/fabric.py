@@ -24,7 +24,6 @@ from fabric_core.validation import (
     ReplacedParameters,
     check_bool,
     check_clip_arguments,
-    check_filter,
     check_loggers,
     check_metrics,
     check_optimizers_own_parameters,
@@ -419,7 +418,6 @@ class Fabric:
         """Save ``state`` (modules, optimizers, stateful objects, plain data) to ``path`` through the strategy;
         ``asynchronous=True`` returns once the state is copied and writes it in the background (checkpoints.md)."""
         check_save_state(path, state)
-        check_filter(filter, state)
         check_bool("save", asynchronous=asynchronous)
         self._ensure_launched()
         return save_state(self._strategy, path, unwrap_state(state), filter=filter, asynchronous=asynchronous)

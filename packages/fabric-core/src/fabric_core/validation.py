@@ -79,19 +79,6 @@ def check_loggers(loggers: Any) -> list[Logger]:
     return items
 
 
-def check_filter(filter: Any, state: Mapping[str, Any]) -> None:
-    """``save(filter=...)`` maps keys of ``state`` to callables ``(name, value) -> bool``."""
-    if filter is None:
-        return
-    if not isinstance(filter, Mapping):
-        raise TypeError(f"save(filter=...) must map state keys to callables, got {type(filter).__name__}")
-    for key, fn in filter.items():
-        if key not in state:
-            raise ValueError(f"save(filter=...) names the key {key!r}, which is not in the state: {sorted(state)}")
-        if not callable(fn):
-            raise TypeError(f"save(filter={{{key!r}: ...}}) must be a callable (name, value) -> bool, got {fn!r}")
-
-
 def check_setup_dataloaders(dataloaders: Sequence[Any], **flags: Any) -> None:
     """``setup_dataloaders`` takes at least one torch DataLoader, none of them set up before, and bool ``flags``."""
     if not dataloaders:
