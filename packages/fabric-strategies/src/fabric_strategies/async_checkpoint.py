@@ -77,7 +77,8 @@ def save_state(
 ) -> AsyncSave | None:
     """Save ``state`` to ``path`` with ``strategy``, after the pending asynchronous save (if any) has finished.
 
-    ``asynchronous=False``: the strategy's ``save_checkpoint`` followed by a barrier; returns None. ``True``: returns
+    ``asynchronous=False``: the strategy's ``save_checkpoint``, which returns once every process may read the
+    checkpoint (a parallel strategy's barrier); returns None. ``True``: returns
     once the state is copied, with a handle whose ``wait()`` waits for the write. Collective, as every save.
     """
     if not isinstance(asynchronous, bool):
@@ -85,8 +86,7 @@ def save_state(
     write = _background_writer(strategy) if asynchronous else None
     wait_for_saves(strategy)
     if write is None:
-        strategy.save_checkpoint(path, state, filter=filter)
-        strategy.barrier()
+        strategy.save_checkpoint(path, state, filter=filter)  # it returns once every process may read the result
         return None
     saver = _SAVERS.get(strategy)
     if saver is None:

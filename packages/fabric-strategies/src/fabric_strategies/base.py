@@ -378,7 +378,9 @@ class Strategy(ABC):
         storage_options: Any | None = None,
         filter: StateFilter | None = None,
     ) -> None:
-        """Save ``state``; modules, optimizers and stateful objects become state dicts. Global rank 0 writes."""
+        """Save ``state``; modules, optimizers and stateful objects become state dicts. Global rank 0 writes.
+
+        Returns once every process may read the checkpoint: a parallel strategy's save ends with its one barrier."""
         checkpoint = to_checkpoint(self, state, filter)
         if self.is_global_zero:
             self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)
