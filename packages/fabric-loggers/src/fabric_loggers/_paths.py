@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from fsspec import AbstractFileSystem
+from typing_extensions import override
 
 from fabric_io import get_filesystem, is_remote_path
+from fabric_loggers.base import Logger
 from fabric_utils import PathLike
 
 _VERSION_FOLDER = re.compile(r"^version_(\d+)$")
@@ -119,3 +121,29 @@ class VersionedDirectory:
     def log_dir(self) -> str:
         version = self.version
         return self.join(self.root_dir, version if isinstance(version, str) else f"version_{version}")
+
+
+class FolderLogger(Logger):
+    """A logger that writes under ``root_dir/name/version_N`` (its ``_dir``): name, version and folders come from it."""
+
+    _dir: VersionedDirectory
+
+    @property
+    @override
+    def name(self) -> str | None:
+        return self._dir.name
+
+    @property
+    @override
+    def version(self) -> int | str:
+        return self._dir.version
+
+    @property
+    @override
+    def root_dir(self) -> str:
+        return self._dir.root_dir
+
+    @property
+    @override
+    def log_dir(self) -> str:
+        return self._dir.log_dir

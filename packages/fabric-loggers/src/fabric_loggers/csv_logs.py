@@ -13,8 +13,7 @@ from fsspec import AbstractFileSystem
 from typing_extensions import override
 
 from fabric_loggers._convert import add_prefix, check_step, convert_params, metric_scalar, yaml_value
-from fabric_loggers._paths import VersionedDirectory
-from fabric_loggers.base import Logger
+from fabric_loggers._paths import FolderLogger, VersionedDirectory
 from fabric_utils import PathLike, rank_zero_only, rank_zero_warn
 
 STEP_COLUMN = "step"
@@ -108,7 +107,7 @@ class CSVExperiment:
         self._logger.save()
 
 
-class CSVLogger(Logger):
+class CSVLogger(FolderLogger):
     """Log metrics to ``root_dir/name/version_N/metrics.csv`` and hyperparameters to ``hparams.yaml`` beside it.
 
     Args:
@@ -152,26 +151,6 @@ class CSVLogger(Logger):
         self._metrics: MetricsFile | None = None
         self._rows_logged = 0
         self.hparams: dict[str, Any] = {}
-
-    @property
-    @override
-    def name(self) -> str | None:
-        return self._dir.name
-
-    @property
-    @override
-    def version(self) -> int | str:
-        return self._dir.version
-
-    @property
-    @override
-    def root_dir(self) -> str:
-        return self._dir.root_dir
-
-    @property
-    @override
-    def log_dir(self) -> str:
-        return self._dir.log_dir
 
     @property
     def flush_logs_every_n_steps(self) -> int:

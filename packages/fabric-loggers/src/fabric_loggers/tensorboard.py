@@ -23,8 +23,8 @@ from fabric_loggers._convert import (
     metric_scalar,
     tensorboard_value,
 )
-from fabric_loggers._paths import VersionedDirectory, check_folder
-from fabric_loggers.base import Logger, _NoOpExperiment
+from fabric_loggers._paths import FolderLogger, VersionedDirectory, check_folder
+from fabric_loggers.base import _NoOpExperiment
 from fabric_utils import (
     TENSORBOARD,
     TENSORBOARDX,
@@ -76,7 +76,7 @@ def _tensorboardx_writer(tensorboardx: Any) -> type:
     return _TENSORBOARDX_WRITERS[base]
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(FolderLogger):
     """Log to TensorBoard event files in ``root_dir/name/version_N[/sub_dir]``.
 
     The writer is torch's ``torch.utils.tensorboard.SummaryWriter`` when the ``tensorboard`` package is installed
@@ -130,21 +130,6 @@ class TensorBoardLogger(Logger):
         self._staging: str | None = None  # local folder mirrored to a remote log_dir
         self._uploaded: dict[str, tuple[int, int]] = {}  # staged file -> (size, mtime) at its last upload
         self.hparams: dict[str, Any] = {}
-
-    @property
-    @override
-    def name(self) -> str | None:
-        return self._dir.name
-
-    @property
-    @override
-    def version(self) -> int | str:
-        return self._dir.version
-
-    @property
-    @override
-    def root_dir(self) -> str:
-        return self._dir.root_dir
 
     @property
     @override
