@@ -83,6 +83,8 @@ class ParallelStrategy(Strategy, ABC):
 
     #: True in strategies that always start their processes and create the process group (``None`` is refused)
     _start_method_required: ClassVar[bool] = False
+    #: why ``save_checkpoint`` refuses ``storage_options`` (an engine writes the files); None: it passes them on
+    _no_storage_options: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -286,9 +288,18 @@ class ParallelStrategy(Strategy, ABC):
         storage_options: Any | None = None,
         filter: StateFilter | None = None,
     ) -> None:
-        """Rank 0 writes; every rank then waits, so a load right after the save sees the file on every rank."""
-        super().save_checkpoint(path, state, storage_options=storage_options, filter=filter)
+        """Write with ``_write_checkpoint`` (here: rank 0 writes one file); every rank then waits, so a load right
+        after the save sees the checkpoint on every rank."""
+        if storage_options is not None and self._no_storage_options is not None:
+            raise TypeError(
+                f"{type(self).__name__}.save_checkpoint takes no storage_options (got {storage_options!r}):"
+                f" {self._no_storage_options}"
+            )
+        self._write_checkpoint(path, state, storage_options, filter)
         self.barrier("save_checkpoint")
+
+    def _write_checkpoint(self, path: PathLike, state: Any, storage_options: Any, filter: StateFilter | None) -> None:
+        super().save_checkpoint(path, state, storage_options=storage_options, filter=filter)
 
     # -- end -------------------------------------------------------------------------------------------------------
     @override

@@ -90,6 +90,7 @@ class DeepSpeedStrategy(ParallelStrategy):
     """
 
     name: ClassVar[str] = "deepspeed"
+    _no_storage_options: ClassVar[str | None] = "DeepSpeed writes local files."
     supported_precisions: ClassVar[tuple[str, ...] | None] = DEEPSPEED_PRECISIONS
     supported_device_types: ClassVar[tuple[str, ...] | None] = DEEPSPEED_DEVICE_TYPES
     _start_method_required: ClassVar[bool] = True
@@ -373,26 +374,16 @@ class DeepSpeedStrategy(ParallelStrategy):
             local.load_state_dict(state_dict, strict=strict)
 
     @override
-    def save_checkpoint(
-        self,
-        path: PathLike,
-        state: Mapping[str, Any],
-        storage_options: Any | None = None,
-        filter: StateFilter | None = None,
-    ) -> None:
+    def _write_checkpoint(self, path: PathLike, state: Any, storage_options: Any, filter: StateFilter | None) -> None:
         """Write a DeepSpeed checkpoint directory at ``path`` (every process writes its shards).
 
         A state without a set-up model (e.g. ``{"model": model.state_dict()}``) is written by global rank 0 to one
         file instead, loadable by ``fabric.load`` or ``torch.load``; a ZeRO-3 model's state dict in it is gathered
         in full first."""
-        if storage_options is not None:
-            raise TypeError("DeepSpeedStrategy.save_checkpoint takes no storage_options: DeepSpeed writes local files.")
         if not holds_engine(self._engines, state):
-            super().save_checkpoint(path, with_full_module_states(self, state), filter=filter)
-            self.barrier("deepspeed_save_checkpoint")
+            super()._write_checkpoint(path, with_full_module_states(self, state), None, filter)
             return
         save_engine_checkpoint(self, path, state, filter, self._exclude_frozen_parameters)
-        self.barrier("deepspeed_save_checkpoint")
 
     @override
     def load_checkpoint(

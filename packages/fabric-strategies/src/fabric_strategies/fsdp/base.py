@@ -65,6 +65,7 @@ class ShardedStrategy(ParallelStrategy, ABC):
     supported_precisions: ClassVar[tuple[str, ...] | None] = SHARDED_PRECISIONS
     supported_device_types: ClassVar[tuple[str, ...] | None] = ("cpu", "cuda")
     _start_method_required: ClassVar[bool] = True
+    _no_storage_options: ClassVar[str | None] = "configure them on the CheckpointIO instead."
 
     def __init__(
         self,
@@ -265,19 +266,8 @@ class ShardedStrategy(ParallelStrategy, ABC):
         return sharded_checkpoint.optimizer_state(module, optimizer, full=self._state_dict_type == "full")
 
     @override
-    def save_checkpoint(
-        self,
-        path: PathLike,
-        state: Mapping[str, Any],
-        storage_options: Any | None = None,
-        filter: StateFilter | None = None,
-    ) -> None:
+    def _write_checkpoint(self, path: PathLike, state: Any, storage_options: Any, filter: StateFilter | None) -> None:
         """Save ``state`` as a sharded directory or a full file (``state_dict_type``). Every process must call it."""
-        if storage_options is not None:
-            raise TypeError(
-                f"{type(self).__name__}.save_checkpoint takes no storage_options (got {storage_options!r}):"
-                " configure them on the CheckpointIO instead."
-            )
         sharded_checkpoint.save(self, path, state, filter)
 
     @override

@@ -113,8 +113,7 @@ def save(strategy: ShardedStates, path: PathLike, state: Mapping[str, Any], filt
         save_sharded_checkpoint(converted, path)
         return
     if strategy.is_global_zero:
-        write_file(strategy, converted, path)
-    strategy.barrier("save_checkpoint")
+        write_file(strategy, converted, path)  # the strategy's save_checkpoint waits for it on every rank
 
 
 def to_sharded_checkpoint(
