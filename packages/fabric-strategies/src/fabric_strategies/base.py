@@ -20,6 +20,7 @@ from fabric_accelerators import ACCELERATOR_REGISTRY, Accelerator
 from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO, TorchCheckpointIO
 from fabric_precision import Precision, precision_plugin
+from fabric_strategies.catalog import listed_base, register_listed_class
 from fabric_strategies.checkpoint import StateFilter, loading, restore_state, to_checkpoint
 from fabric_strategies.checkpoint_read import read_checkpoint
 from fabric_strategies.collectives.functional import local_reduce
@@ -423,8 +424,12 @@ class Strategy(ABC):
 
     @classmethod
     def register_strategies(cls, registry: Any) -> None:
-        """Register this strategy's names in ``registry`` (a ``fabric_utils.Registry``)."""
-        if cls.name:
+        """Register this strategy's names in ``registry`` (a ``fabric_utils.Registry``): those listed for the built-in
+        class it is or extends (a ``DDPStrategy`` subclass takes every ddp name), else its own ``name``."""
+        listed_as = listed_base(cls)
+        if listed_as is not None:
+            register_listed_class(registry, cls, listed_as=listed_as)
+        elif cls.name:
             registry.register(cls.name, cls, description=_first_line(cls.__doc__))
 
     def __repr__(self) -> str:

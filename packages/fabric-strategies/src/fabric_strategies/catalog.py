@@ -177,6 +177,15 @@ def register_listed(registry: Registry[Any]) -> None:
         registry.register_deferred(listed.name, listed.target, description=listed.description, **listed.options)
 
 
+def listed_base(cls: type) -> type | None:
+    """The built-in class whose listed names ``cls`` registers under: itself when listed, else the nearest listed
+    class it extends as long as it keeps that class's ``name`` (a subclass with a ``name`` of its own has its own)."""
+    for base in cls.__mro__:
+        if any(listed.target == f"{base.__module__}:{base.__qualname__}" for listed in LISTED_STRATEGIES):
+            return base if base is cls or getattr(cls, "name", None) == getattr(base, "name", None) else None
+    return None
+
+
 def register_listed_class(registry: Registry[Any], cls: type, *, listed_as: type) -> None:
     """Register ``cls`` under the names listed for ``listed_as`` (``cls`` itself or the built-in class it extends)."""
     target = f"{listed_as.__module__}:{listed_as.__qualname__}"

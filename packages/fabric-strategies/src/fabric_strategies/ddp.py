@@ -17,12 +17,9 @@ from fabric_accelerators import Accelerator
 from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import Precision
-from fabric_strategies.base import Strategy
-from fabric_strategies.catalog import register_listed_class
 from fabric_strategies.parallel import ParallelStrategy, StartMethod
 from fabric_strategies.process_group import DEFAULT_TIMEOUT
 from fabric_strategies.teardown import track_ddp_wrapper
-from fabric_utils import Registry
 
 
 def ddp_keywords() -> list[str]:
@@ -110,11 +107,6 @@ class DDPStrategy(ParallelStrategy):
                 f" got {type(module).__name__}"
             )
         return module.no_sync()
-
-    @classmethod
-    @override
-    def register_strategies(cls, registry: Registry[Strategy]) -> None:
-        register_listed_class(registry, cls, listed_as=DDPStrategy)
 
     @override
     def __repr__(self) -> str:

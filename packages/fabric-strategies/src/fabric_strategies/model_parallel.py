@@ -14,12 +14,9 @@ from fabric_accelerators import Accelerator
 from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import Precision
-from fabric_strategies.base import Strategy
-from fabric_strategies.catalog import register_listed_class
 from fabric_strategies.fsdp.base import ShardedStrategy
 from fabric_strategies.parallel import StartMethod
 from fabric_strategies.process_group import DEFAULT_TIMEOUT
-from fabric_utils import Registry
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
@@ -165,11 +162,6 @@ class ModelParallelStrategy(ShardedStrategy):
                 " (did it forget to `return module`?)"
             )
         return result
-
-    @classmethod
-    @override
-    def register_strategies(cls, registry: Registry[Strategy]) -> None:
-        register_listed_class(registry, cls, listed_as=ModelParallelStrategy)
 
     @override
     def __repr__(self) -> str:

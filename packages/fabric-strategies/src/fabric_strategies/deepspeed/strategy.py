@@ -20,8 +20,6 @@ from fabric_accelerators import Accelerator
 from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import DeepSpeedPrecision, Precision
-from fabric_strategies.base import Strategy
-from fabric_strategies.catalog import register_listed_class
 from fabric_strategies.checkpoint import StateFilter
 from fabric_strategies.deepspeed.checkpoint import (
     find_engine,
@@ -53,7 +51,7 @@ from fabric_strategies.deepspeed.runtime import (
 )
 from fabric_strategies.parallel import ParallelStrategy, StartMethod
 from fabric_strategies.process_group import DEFAULT_TIMEOUT
-from fabric_utils import DEEPSPEED, PathLike, Registry
+from fabric_utils import DEEPSPEED, PathLike
 
 
 def _require_installed() -> None:
@@ -438,11 +436,6 @@ class DeepSpeedStrategy(ParallelStrategy):
             leave_process_group()
         self._environment_patch.restore()
         super().teardown()
-
-    @classmethod
-    @override
-    def register_strategies(cls, registry: Registry[Strategy]) -> None:
-        register_listed_class(registry, cls, listed_as=DeepSpeedStrategy)
 
     @override
     def __getstate__(self) -> dict[str, Any]:

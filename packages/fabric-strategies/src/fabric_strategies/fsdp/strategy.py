@@ -15,8 +15,6 @@ from fabric_accelerators import Accelerator
 from fabric_environments import ClusterEnvironment
 from fabric_io import CheckpointIO
 from fabric_precision import Precision
-from fabric_strategies.base import Strategy
-from fabric_strategies.catalog import register_listed_class
 from fabric_strategies.fsdp.base import ShardedStrategy, StartMethod, StateDictType
 from fabric_strategies.fsdp.mesh import (
     ShardingStrategyName,
@@ -28,7 +26,6 @@ from fabric_strategies.fsdp.mesh import (
 )
 from fabric_strategies.fsdp.wrap import ModulePolicy, apply_activation_checkpointing, resolve_policy, wrap_targets
 from fabric_strategies.process_group import DEFAULT_TIMEOUT
-from fabric_utils import Registry
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
@@ -218,11 +215,6 @@ class FSDPStrategy(ShardedStrategy):
                 fully_shard(submodule, **options)
         fully_shard(module, **options)
         return module
-
-    @classmethod
-    @override
-    def register_strategies(cls, registry: Registry[Strategy]) -> None:
-        register_listed_class(registry, cls, listed_as=FSDPStrategy)
 
     @override
     def __repr__(self) -> str:
