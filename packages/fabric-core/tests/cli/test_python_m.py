@@ -18,8 +18,10 @@ SCRIPT = Path(sys.executable).parent / ("fabric.exe" if os.name == "nt" else "fa
 REPORT = textwrap.dedent(
     """
     import os, sys
-    print(f"rank={os.environ['RANK']} world={os.environ['WORLD_SIZE']} strategy={os.environ.get('FABRIC_STRATEGY')} "
-          f"args={sys.argv[1:]}", flush=True)
+    # one file per rank: two ranks printing to one pipe can land on one line
+    with open(f"rank-{os.environ['RANK']}.txt", "w") as f:
+        f.write(f"rank={os.environ['RANK']} world={os.environ['WORLD_SIZE']} "
+                f"strategy={os.environ.get('FABRIC_STRATEGY')} args={sys.argv[1:]}")
     """
 )
 
@@ -59,9 +61,11 @@ def test_run_starts_the_same_processes(script: Path, tmp_path: Path) -> None:
     args = ["run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "report.py", "--lr", "0.1"]
     outputs = []
     for command in ([sys.executable, "-m", "fabric_core", *args], [str(script), *args]):
+        for report in tmp_path.glob("rank-*.txt"):
+            report.unlink()
         result = run(command, tmp_path)
         assert result.returncode == 0, result.stderr
-        outputs.append(sorted(line for line in result.stdout.splitlines() if line.startswith("rank=")))
+        outputs.append(sorted(report.read_text() for report in tmp_path.glob("rank-*.txt")))
     assert (
         outputs[0]
         == outputs[1]
