@@ -18,6 +18,17 @@ killed.
 A run whose torchrun exits non-zero, or whose output says "terminate called", is an abort; one that exits 0 but printed
 a traceback (e.g. "Exception ignored in atexit callback") or no result is an error.
 Exit status: 1 if a fabric variant had a hang, an abort or an error, else 0.
+
+Counts of 2026-12-07 (issue #20), 100 runs per variant, ``--steps 100 --watchdog 120``, on a 2-core machine whose load
+average stayed between 12 and 32 (three loops side by side with ``--busy 3``, ``--busy 1`` and ``--busy 0``, plus
+other test runs):
+
+  fabric destroy            100 ok, 0 hang, 0 abort, 0 error
+  fabric barrier            100 ok, 0 hang, 0 abort, 0 error
+  fabric nothing            100 ok, 0 hang, 0 abort, 0 error
+  fabric sys-exit           100 ok, 0 hang, 0 abort, 0 error
+  fabric destroy-in-atexit  100 ok, 0 hang, 0 abort, 0 error   (before the fix: "Process group cannot be None")
+  raw destroy               100 ok, 0 hang, 0 abort, 0 error   (an earlier 30-run loop: 28 ok, 2 SIGABRT)
 """
 
 from __future__ import annotations
