@@ -1,8 +1,9 @@
-"""Run nox sessions side by side: ``jobs`` lanes, each taking the next session from one queue.
+"""Run nox sessions in ``jobs`` lanes, each taking the next session from one queue.
 
-Used by the ``ci`` session of noxfile.py. Each session runs as its own ``nox -s NAME`` process with its output in a
-log file; the log is printed whole when the session ends (so the CI log reads session by session, not interleaved),
-followed by a line with its result and time. Sessions are taken in the order given: put the longest first.
+Used by the ``ci`` session of noxfile.py. Each session runs as its own ``nox -s NAME`` process. With one lane its
+output goes straight to ours; with several, each session writes to a log file that is printed whole when the session
+ends (so the CI log reads session by session, not interleaved). Either way a line with the session's result and time
+follows. Sessions are taken in the order given: put the longest first.
 """
 
 from __future__ import annotations
@@ -39,9 +40,13 @@ def run_in_lanes(
 
     def run_one(name: str) -> None:
         begun = time.monotonic()
+        command = [sys.executable, "-m", "nox", "--noxfile", str(noxfile), "-s", name]
         with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
-            command = [sys.executable, "-m", "nox", "--noxfile", str(noxfile), "-s", name]
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=child_env, check=False).returncode
+            # one lane: the session writes to our output as it goes; several: to a file, printed whole at its end
+            output = None if jobs == 1 else log
+            sys.stdout.flush()
+            ended = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=child_env, check=False)
+            code = ended.returncode
             log.seek(0)
             outcome = Outcome(name, code, time.monotonic() - begun)
             with printing:

@@ -166,12 +166,16 @@ _Writer = Callable[..., "BackgroundSave | None"]
 def _background_writer(strategy: Strategy) -> _Writer:
     """How ``strategy`` saves in the background; raises for a strategy that saves its own way (DeepSpeed, XLA)."""
     save = type(strategy).save_checkpoint
-    if save in (Strategy.save_checkpoint, ParallelStrategy.save_checkpoint):
+    if save is Strategy.save_checkpoint:
         return _write_file
-    if "fabric_strategies.fsdp" in sys.modules:
+    # a parallel strategy saves through ParallelStrategy's skeleton; what it writes is its `_write_checkpoint`
+    write = getattr(type(strategy), "_write_checkpoint", None)
+    if save is ParallelStrategy.save_checkpoint and write is ParallelStrategy._write_checkpoint:
+        return _write_file
+    if save is ParallelStrategy.save_checkpoint and "fabric_strategies.fsdp" in sys.modules:
         from fabric_strategies.fsdp.base import ShardedStrategy
 
-        if save is ShardedStrategy.save_checkpoint:
+        if write is ShardedStrategy._write_checkpoint:
             return _write_sharded
     raise ValueError(
         f"{type(strategy).__name__} does not support asynchronous saves: it writes checkpoints its own way. Use"
