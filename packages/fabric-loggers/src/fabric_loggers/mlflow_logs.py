@@ -255,11 +255,6 @@ class MLflowLogger(Logger):
 
     @override
     @rank_zero_only
-    def save(self) -> None:
-        """Nothing to write: every call reached MLflow when it was made."""
-
-    @override
-    @rank_zero_only
     def finalize(self, status: str) -> None:
         """End the run with MLflow's status for ``status``: ``"success"``/``"finished"`` -> ``FINISHED``,
         ``"failed"`` -> ``FAILED``, ``"killed"`` -> ``KILLED``. A logger that never logged creates no run."""

@@ -157,11 +157,6 @@ class WandbLogger(Logger):
 
     @override
     @rank_zero_only
-    def save(self) -> None:
-        """Nothing to write: W&B records every call when it is made."""
-
-    @override
-    @rank_zero_only
     def finalize(self, status: str) -> None:
         """Finish the run (exit code 0 for ``"success"``/``"finished"``, 1 otherwise, which marks it failed). A
         logger that never logged starts no run; a later call starts the run again (resumed, with the same id)."""
