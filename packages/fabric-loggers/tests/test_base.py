@@ -52,6 +52,22 @@ def test_the_base_is_abstract():
         OnlyName()  # type: ignore[abstract]
 
 
+def test_save_is_optional_as_in_lightning():
+    class NoBuffer(Logger):
+        name = "plain"
+        version = 0
+
+        def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+            pass
+
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    logger = NoBuffer()
+    logger.save()
+    logger.finalize("success")
+
+
 def test_defaults_of_a_complete_subclass():
     logger = ListLogger()
     assert isinstance(logger, fabric_utils.Logger)

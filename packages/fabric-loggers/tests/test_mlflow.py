@@ -24,8 +24,10 @@ needs_mlflow = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def quiet_mlflow(monkeypatch):
-    """No usage data from the clients, and no tracking URI from the caller's environment."""
+    """No usage data from the clients, no tracking URI from the caller's environment, and no download progress bars
+    (each starts tqdm's monitor thread, which the hygiene check then reports as leaked)."""
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 

@@ -78,8 +78,7 @@ class Logger(ABC):
         """
         rank_zero_warn(f"{type(self).__name__} cannot record a model graph; `log_graph` does nothing.")
 
-    @abstractmethod
-    def save(self) -> None:
+    def save(self) -> None:  # noqa: B027 - an optional hook, as in Lightning: loggers that buffer nothing skip it
         """Write everything buffered so far to storage. Rank zero only."""
 
     @rank_zero_only
