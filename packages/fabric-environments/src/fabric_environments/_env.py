@@ -24,12 +24,17 @@ def env_int(name: str, default: int | None = None, *, owner: str = "This environ
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         if default is None:
-            raise ValueError(f"{owner} needs the environment variable {name}, which is not set.")
+            raise unset_variable_error(name, owner=owner)
         return default
     try:
         return int(raw.strip())
     except ValueError:
         raise ValueError(f"The environment variable {name}={raw!r} must be an integer.") from None
+
+
+def unset_variable_error(name: str, *, owner: str) -> ValueError:
+    """The error for a required environment variable that is not set (or blank)."""
+    return ValueError(f"{owner} needs the environment variable {name}, which is not set.")
 
 
 def first_set(names: tuple[str, ...]) -> str | None:

@@ -7,11 +7,11 @@ from typing import ClassVar
 
 from typing_extensions import override
 
-from fabric_environments._env import RankBound, check_port, env_int, ignore_setter
-from fabric_environments.base import ClusterEnvironment
+from fabric_environments._env import RankBound, env_int, ignore_setter
+from fabric_environments._main_node import MainNodeFromVariables
 
 
-class FixedRanksEnvironment(ClusterEnvironment, ABC):
+class FixedRanksEnvironment(MainNodeFromVariables, ABC):
     """Ranks and sizes come from the launcher, so ``set_world_size`` and ``set_global_rank`` change nothing: they
     warn when asked for a value other than the launcher's. The processes are started externally unless a subclass
     says otherwise.
@@ -64,7 +64,3 @@ class FixedRanksEnvironment(ClusterEnvironment, ABC):
     def _read(self, name: str) -> int:
         """The integer in the environment variable ``name``; the error for an unset one names this environment."""
         return env_int(name, owner=type(self).__name__)
-
-    def _read_port(self, name: str = "MASTER_PORT") -> int:
-        """The port in the environment variable ``name``, which must be set."""
-        return check_port(self._read(name), source=name)

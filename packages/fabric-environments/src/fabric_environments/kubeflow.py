@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 from typing_extensions import override
 
-from fabric_environments._env import RankBound, check_world_size
+from fabric_environments._env import RankBound, check_world_size, unset_variable_error
 from fabric_environments._fixed_ranks import FixedRanksEnvironment
 
 
@@ -21,18 +19,9 @@ class KubeflowEnvironment(FixedRanksEnvironment):
     name = "kubeflow"
     detection_priority = 0
 
-    @property
     @override
-    def main_address(self) -> str:
-        address = os.environ.get("MASTER_ADDR", "").strip()
-        if not address:
-            raise ValueError(f"{type(self).__name__} needs the environment variable MASTER_ADDR, which is not set.")
-        return address
-
-    @property
-    @override
-    def main_port(self) -> int:
-        return self._read_port("MASTER_PORT")
+    def _default_address(self) -> str:
+        raise unset_variable_error("MASTER_ADDR", owner=type(self).__name__)
 
     @staticmethod
     @override

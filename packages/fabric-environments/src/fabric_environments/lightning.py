@@ -10,18 +10,17 @@ from fabric_environments._env import (
     RankBound,
     check_ranks,
     env_int,
-    env_port,
     find_free_port,
     first_env_int,
     first_set,
 )
-from fabric_environments.base import ClusterEnvironment
+from fabric_environments._main_node import MainNodeFromVariables
 
 _GLOBAL_RANK_VARIABLES = ("RANK", "GLOBAL_RANK")
 _NODE_RANK_VARIABLES = ("NODE_RANK", "GROUP_RANK")
 
 
-class LightningEnvironment(ClusterEnvironment):
+class LightningEnvironment(MainNodeFromVariables):
     """The environment of a run that fabric launches itself, on one machine or on several with ``num_nodes``.
 
     Values come from the usual variables when they are set (``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``,
@@ -45,18 +44,9 @@ class LightningEnvironment(ClusterEnvironment):
         """True in a process that was started with ``LOCAL_RANK`` set, i.e. by fabric or another launcher."""
         return "LOCAL_RANK" in os.environ
 
-    @property
     @override
-    def main_address(self) -> str:
-        return os.environ.get("MASTER_ADDR", "").strip() or "127.0.0.1"
-
-    @property
-    @override
-    def main_port(self) -> int:
-        """``MASTER_PORT`` when set; otherwise a free port, picked on first use and the same afterwards."""
-        port = env_port("MASTER_PORT")
-        if port is not None:
-            return port
+    def _default_port(self) -> int:
+        """A free port, picked on first use and the same afterwards."""
         if self._picked_port is None:
             self._picked_port = find_free_port()
         return self._picked_port

@@ -7,7 +7,7 @@ import socket
 
 from typing_extensions import override
 
-from fabric_environments._env import check_world_size, env_port
+from fabric_environments._env import check_world_size
 from fabric_environments._fixed_ranks import FixedRanksEnvironment
 
 _JSM_VARIABLES = ("JSM_NAMESPACE_SIZE", "JSM_NAMESPACE_LOCAL_RANK")
@@ -35,18 +35,12 @@ class LSFEnvironment(FixedRanksEnvironment):
     def __init__(self) -> None:
         self._hosts: list[str] | None = None
 
-    @property
     @override
-    def main_address(self) -> str:
-        address = os.environ.get("MASTER_ADDR", "").strip()
-        return address or self.compute_hosts()[0]
+    def _default_address(self) -> str:
+        return self.compute_hosts()[0]
 
-    @property
     @override
-    def main_port(self) -> int:
-        port = env_port("MASTER_PORT")
-        if port is not None:
-            return port
+    def _default_port(self) -> int:
         return _PORT_BASE + self._read("LSB_JOBID") % 1000
 
     @staticmethod

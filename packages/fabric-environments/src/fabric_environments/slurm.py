@@ -14,7 +14,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from fabric_environments._env import RankBound, check_world_size, env_int, env_port
+from fabric_environments._env import RankBound, check_world_size, env_int
 from fabric_environments._fixed_ranks import FixedRanksEnvironment
 from fabric_environments.hostlist import expand_hostlist, expand_task_counts
 from fabric_utils import FabricWarning
@@ -55,25 +55,18 @@ class SLURMEnvironment(FixedRanksEnvironment):
         self._installed_signal: int | None = None
         self._requeue_requested = False
 
-    @property
     @override
-    def main_address(self) -> str:
-        address = os.environ.get("MASTER_ADDR", "").strip()
-        if address:
-            return address
+    def _default_address(self) -> str:
+        """The first host of the job's node list (``127.0.0.1`` without one)."""
         for name in _NODELIST_VARIABLES:
             nodelist = os.environ.get(name, "").strip()
             if nodelist:
                 return self.resolve_root_node_address(nodelist)
-        return "127.0.0.1"
+        return super()._default_address()
 
-    @property
     @override
-    def main_port(self) -> int:
-        """``MASTER_PORT`` when set, else 15000 plus the last four digits of ``SLURM_JOB_ID`` (12910 without one)."""
-        port = env_port("MASTER_PORT")
-        if port is not None:
-            return port
+    def _default_port(self) -> int:
+        """15000 plus the last four digits of ``SLURM_JOB_ID`` (12910 without one)."""
         job_id = os.environ.get("SLURM_JOB_ID", "").strip()
         if not job_id:
             return DEFAULT_PORT

@@ -19,16 +19,6 @@ class TorchElasticEnvironment(FixedRanksEnvironment):
     name = "torchelastic"
     detection_priority = 500  # torchrun inside a SLURM/LSF/MPI allocation still owns the processes
 
-    @property
-    @override
-    def main_address(self) -> str:
-        return os.environ.get("MASTER_ADDR", "").strip() or "127.0.0.1"
-
-    @property
-    @override
-    def main_port(self) -> int:
-        return self._read_port("MASTER_PORT")
-
     @staticmethod
     @override
     def detect() -> bool:
