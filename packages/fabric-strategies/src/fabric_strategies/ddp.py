@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from datetime import timedelta
 from typing import Any, ClassVar
 
 import torch
@@ -13,12 +11,8 @@ from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from fabric_accelerators import Accelerator
-from fabric_environments import ClusterEnvironment
-from fabric_io import CheckpointIO
-from fabric_precision import Precision
-from fabric_strategies.parallel import ParallelStrategy, StartMethod
-from fabric_strategies.process_group import DEFAULT_TIMEOUT
+from fabric_strategies.inherited_parameters import check_passed_keywords, takes_parameters_of
+from fabric_strategies.parallel import START_METHOD_POPEN, ParallelStrategy
 from fabric_strategies.teardown import track_ddp_wrapper
 
 
@@ -26,17 +20,6 @@ def ddp_keywords() -> list[str]:
     """The keyword arguments ``DistributedDataParallel`` accepts besides the module."""
     parameters = inspect.signature(DistributedDataParallel.__init__).parameters
     return [name for name in parameters if name not in ("self", "module")]
-
-
-def _check_ddp_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    valid = ddp_keywords()
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise TypeError(
-            f"DDPStrategy got keyword arguments {unknown} that DistributedDataParallel does not accept."
-            f" Choose from: {', '.join(valid)}"
-        )
-    return kwargs
 
 
 class DDPStrategy(ParallelStrategy):
@@ -53,29 +36,12 @@ class DDPStrategy(ParallelStrategy):
     name: ClassVar[str] = "ddp"
     _start_method_required: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        accelerator: Accelerator | None = None,
-        parallel_devices: Sequence[torch.device | str] | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        precision: Precision | None = None,
-        process_group_backend: str | None = None,
-        timeout: timedelta | None = DEFAULT_TIMEOUT,
-        start_method: StartMethod = "popen",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            accelerator=accelerator,
-            parallel_devices=parallel_devices,
-            cluster_environment=cluster_environment,
-            checkpoint_io=checkpoint_io,
-            precision=precision,
-            process_group_backend=process_group_backend,
-            timeout=timeout,
-            start_method=start_method,
-        )
-        self._ddp_kwargs = _check_ddp_kwargs(kwargs)
+    @takes_parameters_of(ParallelStrategy, START_METHOD_POPEN)
+    def __init__(self, inherited: dict[str, Any], /, **kwargs: Any) -> None:
+        super().__init__(**inherited)
+        refusal = "DDPStrategy got keyword arguments {} that DistributedDataParallel does not accept."
+        check_passed_keywords(kwargs, ddp_keywords(), refusal)
+        self._ddp_kwargs = kwargs
 
     @property
     def ddp_kwargs(self) -> dict[str, Any]:

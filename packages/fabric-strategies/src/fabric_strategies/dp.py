@@ -10,12 +10,10 @@ from torch import Tensor
 from torch.nn import DataParallel, Module
 from typing_extensions import override
 
-from fabric_accelerators import Accelerator
-from fabric_io import CheckpointIO
-from fabric_precision import Precision
 from fabric_strategies.base import Parts, Strategy
+from fabric_strategies.inherited_parameters import takes_parameters_of
 from fabric_strategies.launchers.base import Launcher
-from fabric_strategies.parallel import ParallelStrategy
+from fabric_strategies.parallel import PARTS_BUT_ENVIRONMENT, ParallelStrategy
 
 
 def check_cuda_devices(devices: Sequence[torch.device]) -> None:
@@ -34,17 +32,10 @@ class DataParallelStrategy(ParallelStrategy):
     supported_device_types: ClassVar[tuple[str, ...] | None] = ("cuda",)
     fallback_strategy: ClassVar[str | None] = "ddp"
 
-    def __init__(
-        self,
-        accelerator: Accelerator | None = None,
-        parallel_devices: Sequence[torch.device | str] | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        precision: Precision | None = None,
-    ) -> None:
-        super().__init__(
-            accelerator=accelerator, parallel_devices=parallel_devices, checkpoint_io=checkpoint_io, precision=precision
-        )
-        if parallel_devices is not None:
+    @takes_parameters_of(ParallelStrategy, names=PARTS_BUT_ENVIRONMENT)
+    def __init__(self, inherited: dict[str, Any], /) -> None:
+        super().__init__(**inherited)
+        if inherited["parallel_devices"] is not None:
             check_cuda_devices(self.parallel_devices)
 
     @override

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import timedelta
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union
 
-import torch
 from torch.nn import Module
 from typing_extensions import override
 
-from fabric_accelerators import Accelerator
-from fabric_environments import ClusterEnvironment
-from fabric_io import CheckpointIO
-from fabric_precision import Precision
 from fabric_strategies.fsdp.base import ShardedStrategy
-from fabric_strategies.parallel import StartMethod
-from fabric_strategies.process_group import DEFAULT_TIMEOUT
+from fabric_strategies.inherited_parameters import takes_parameters_of
+from fabric_strategies.parallel import START_METHOD_POPEN, ParallelStrategy
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
@@ -79,20 +73,24 @@ class ModelParallelStrategy(ShardedStrategy):
 
     name: ClassVar[str] = "model_parallel"
 
+    # Lightning's parameters first (its own, then the process settings), then the parts Lightning does not take
+    @takes_parameters_of(
+        ParallelStrategy,
+        START_METHOD_POPEN,
+        names=(
+            *("process_group_backend", "timeout", "start_method"),
+            *("accelerator", "parallel_devices", "cluster_environment", "checkpoint_io", "precision"),
+        ),
+        after=4,
+    )
     def __init__(
         self,
+        inherited: dict[str, Any],
+        /,
         parallelize_fn: ParallelizeFn | None = None,
         data_parallel_size: MeshSize = "auto",
         tensor_parallel_size: MeshSize = "auto",
         save_distributed_checkpoint: bool = True,
-        process_group_backend: str | None = None,
-        timeout: timedelta | None = DEFAULT_TIMEOUT,
-        start_method: StartMethod = "popen",
-        accelerator: Accelerator | None = None,
-        parallel_devices: Sequence[torch.device | str] | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        precision: Precision | None = None,
     ) -> None:
         if parallelize_fn is None:
             raise TypeError(
@@ -106,17 +104,7 @@ class ModelParallelStrategy(ShardedStrategy):
             )
         if not isinstance(save_distributed_checkpoint, bool):
             raise TypeError(f"save_distributed_checkpoint must be a bool, got {save_distributed_checkpoint!r}")
-        super().__init__(
-            accelerator=accelerator,
-            parallel_devices=parallel_devices,
-            cluster_environment=cluster_environment,
-            checkpoint_io=checkpoint_io,
-            precision=precision,
-            process_group_backend=process_group_backend,
-            timeout=timeout,
-            start_method=start_method,
-            state_dict_type="sharded" if save_distributed_checkpoint else "full",
-        )
+        super().__init__(**inherited, state_dict_type="sharded" if save_distributed_checkpoint else "full")
         self._parallelize_fn = parallelize_fn
         self._data_parallel_size = _check_size("data_parallel_size", data_parallel_size)
         self._tensor_parallel_size = _check_size("tensor_parallel_size", tensor_parallel_size)

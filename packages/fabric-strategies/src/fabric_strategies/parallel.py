@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC
 from collections.abc import Sequence
 from datetime import timedelta
+from inspect import Parameter
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
@@ -41,6 +42,10 @@ from fabric_utils import PathLike, check_num_nodes, check_reduce_op, rank_zero_o
 #: and "forkserver" start them with ``multiprocessing`` and call the launched function
 StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
 START_METHODS: tuple[str, ...] = get_args(StartMethod)
+#: ``start_method`` as the strategies that always start their processes take it: "popen" unless told otherwise
+START_METHOD_POPEN = Parameter("start_method", Parameter.KEYWORD_ONLY, default="popen", annotation="StartMethod")
+#: the parts of the strategies that choose their cluster environment themselves (all but ``cluster_environment``)
+PARTS_BUT_ENVIRONMENT = ("accelerator", "parallel_devices", "checkpoint_io", "precision")
 
 
 def _as_devices(devices: Sequence[torch.device | str] | None) -> list[torch.device] | None:

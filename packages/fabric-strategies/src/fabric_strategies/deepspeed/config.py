@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from fabric_strategies.inherited_parameters import check_passed_keywords
+
 ZeroStage = Literal[0, 1, 2, 3]
 OffloadDevice = Literal["cpu", "nvme"]
 ZERO_STAGES: tuple[int, ...] = get_args(ZeroStage)
@@ -245,10 +247,9 @@ def build_config(
     ``options`` are ``DeepSpeedConfig`` fields given directly to the strategy (``DeepSpeedStrategy(stage=3)``).
     Returns the dict and the dataclass it came from (``None`` for a raw config).
     """
-    valid = [f.name for f in fields(DeepSpeedConfig)]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise TypeError(f"DeepSpeedStrategy got unknown options {unknown}. Choose from: {', '.join(valid)}")
+    check_passed_keywords(
+        options, [f.name for f in fields(DeepSpeedConfig)], "DeepSpeedStrategy got unknown options {}."
+    )
     if options and config is not None:
         raise ValueError(
             "Pass DeepSpeed options either as `config` or as keyword arguments, not both (got config and"

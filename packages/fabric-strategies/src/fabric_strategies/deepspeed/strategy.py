@@ -5,20 +5,15 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
-from datetime import timedelta
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from fabric_accelerators import Accelerator
-from fabric_environments import ClusterEnvironment
-from fabric_io import CheckpointIO
 from fabric_precision import DeepSpeedPrecision, Precision
 from fabric_strategies.checkpoint import StateFilter
 from fabric_strategies.deepspeed.checkpoint import (
@@ -49,8 +44,8 @@ from fabric_strategies.deepspeed.runtime import (
     skip_cpu_comm_op,
     zero3_init_context,
 )
-from fabric_strategies.parallel import ParallelStrategy, StartMethod
-from fabric_strategies.process_group import DEFAULT_TIMEOUT
+from fabric_strategies.inherited_parameters import takes_parameters_of
+from fabric_strategies.parallel import START_METHOD_POPEN, ParallelStrategy
 from fabric_utils import DEEPSPEED, PathLike
 
 
@@ -93,18 +88,13 @@ class DeepSpeedStrategy(ParallelStrategy):
     supported_device_types: ClassVar[tuple[str, ...] | None] = DEEPSPEED_DEVICE_TYPES
     _start_method_required: ClassVar[bool] = True
 
+    @takes_parameters_of(ParallelStrategy, START_METHOD_POPEN, after=1, keyword_only=True)
     def __init__(
         self,
+        inherited: dict[str, Any],
+        /,
         config: DeepSpeedConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
         *,
-        accelerator: Accelerator | None = None,
-        parallel_devices: Sequence[torch.device | str] | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        precision: Precision | None = None,
-        process_group_backend: str | None = None,
-        timeout: timedelta | None = DEFAULT_TIMEOUT,
-        start_method: StartMethod = "popen",
         load_full_weights: bool = False,
         exclude_frozen_parameters: bool = False,
         logging_level: int = DEFAULT_LOGGING_LEVEL,
@@ -112,16 +102,7 @@ class DeepSpeedStrategy(ParallelStrategy):
         **options: Any,
     ) -> None:
         _require_installed()
-        super().__init__(
-            accelerator=accelerator,
-            parallel_devices=parallel_devices,
-            cluster_environment=cluster_environment,
-            checkpoint_io=checkpoint_io,
-            precision=precision,
-            process_group_backend=process_group_backend,
-            timeout=timeout,
-            start_method=start_method,
-        )
+        super().__init__(**inherited)
         self._base_config, self._options = build_config(config, options)
         self._zero_stage = zero_stage_of(self._base_config)
         self._load_full_weights = bool(load_full_weights)

@@ -11,7 +11,6 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import torch
@@ -20,16 +19,13 @@ from torch.nn import Module
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from fabric_accelerators import Accelerator
-from fabric_environments import ClusterEnvironment
-from fabric_io import CheckpointIO
 from fabric_precision import FSDPPrecision, Precision, parse_precision
 from fabric_strategies.checkpoint import StateFilter
 from fabric_strategies.fsdp import checkpoint as sharded_checkpoint
 from fabric_strategies.fsdp.clip import clip_grad_norm
 from fabric_strategies.fsdp.materialize import has_meta_tensors, materialize_module
-from fabric_strategies.parallel import ParallelStrategy, StartMethod
-from fabric_strategies.process_group import DEFAULT_TIMEOUT
+from fabric_strategies.inherited_parameters import takes_parameters_of
+from fabric_strategies.parallel import START_METHOD_POPEN, ParallelStrategy
 from fabric_utils import PathLike, rank_zero_warn
 
 if TYPE_CHECKING:
@@ -67,28 +63,9 @@ class ShardedStrategy(ParallelStrategy, ABC):
     _start_method_required: ClassVar[bool] = True
     _no_storage_options: ClassVar[str | None] = "configure them on the CheckpointIO instead."
 
-    def __init__(
-        self,
-        accelerator: Accelerator | None = None,
-        parallel_devices: Sequence[torch.device | str] | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        precision: Precision | None = None,
-        process_group_backend: str | None = None,
-        timeout: timedelta | None = DEFAULT_TIMEOUT,
-        start_method: StartMethod = "popen",
-        state_dict_type: StateDictType = "sharded",
-    ) -> None:
-        super().__init__(
-            accelerator=accelerator,
-            parallel_devices=parallel_devices,
-            cluster_environment=cluster_environment,
-            checkpoint_io=checkpoint_io,
-            precision=precision,
-            process_group_backend=process_group_backend,
-            timeout=timeout,
-            start_method=start_method,
-        )
+    @takes_parameters_of(ParallelStrategy, START_METHOD_POPEN)
+    def __init__(self, inherited: dict[str, Any], /, state_dict_type: StateDictType = "sharded") -> None:
+        super().__init__(**inherited)
         if state_dict_type not in STATE_DICT_TYPES:
             raise ValueError(
                 f"Unknown state_dict_type {state_dict_type!r}. Choose one of: {', '.join(STATE_DICT_TYPES)}"

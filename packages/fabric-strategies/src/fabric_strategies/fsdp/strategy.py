@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch.nn import Module
 from typing_extensions import override
 
-from fabric_accelerators import Accelerator
-from fabric_environments import ClusterEnvironment
-from fabric_io import CheckpointIO
-from fabric_precision import Precision
-from fabric_strategies.fsdp.base import ShardedStrategy, StartMethod, StateDictType
+from fabric_strategies.fsdp.base import ShardedStrategy, StateDictType
 from fabric_strategies.fsdp.mesh import (
     ShardingStrategyName,
     check_hybrid_shape,
@@ -25,7 +19,8 @@ from fabric_strategies.fsdp.mesh import (
     reshard_after_forward,
 )
 from fabric_strategies.fsdp.wrap import ModulePolicy, apply_activation_checkpointing, resolve_policy, wrap_targets
-from fabric_strategies.process_group import DEFAULT_TIMEOUT
+from fabric_strategies.inherited_parameters import check_passed_keywords, takes_parameters_of
+from fabric_strategies.parallel import START_METHOD_POPEN, ParallelStrategy
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
@@ -40,17 +35,6 @@ def fully_shard_options() -> list[str]:
     from torch.distributed.fsdp import fully_shard
 
     return [name for name in inspect.signature(fully_shard).parameters if name not in _MANAGED_OPTIONS]
-
-
-def _check_fully_shard_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    valid = fully_shard_options()
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise TypeError(
-            f"FSDPStrategy got keyword arguments {unknown} that fully_shard does not take."
-            f" Choose from: {', '.join(valid)}"
-        )
-    return kwargs
 
 
 class FSDPStrategy(ShardedStrategy):
@@ -78,16 +62,11 @@ class FSDPStrategy(ShardedStrategy):
 
     name: ClassVar[str] = "fsdp"
 
+    @takes_parameters_of(ParallelStrategy, START_METHOD_POPEN)
     def __init__(
         self,
-        accelerator: Accelerator | None = None,
-        parallel_devices: Sequence[torch.device | str] | None = None,
-        cluster_environment: ClusterEnvironment | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        precision: Precision | None = None,
-        process_group_backend: str | None = None,
-        timeout: timedelta | None = DEFAULT_TIMEOUT,
-        start_method: StartMethod = "popen",
+        inherited: dict[str, Any],
+        /,
         cpu_offload: bool | CPUOffloadPolicy = False,
         mixed_precision: MixedPrecisionPolicy | None = None,
         auto_wrap_policy: ModulePolicy | None = None,
@@ -97,17 +76,7 @@ class FSDPStrategy(ShardedStrategy):
         device_mesh: tuple[int, int] | DeviceMesh | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            accelerator=accelerator,
-            parallel_devices=parallel_devices,
-            cluster_environment=cluster_environment,
-            checkpoint_io=checkpoint_io,
-            precision=precision,
-            process_group_backend=process_group_backend,
-            timeout=timeout,
-            start_method=start_method,
-            state_dict_type=state_dict_type,
-        )
+        super().__init__(**inherited, state_dict_type=state_dict_type)
         from torch.distributed.device_mesh import DeviceMesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
@@ -132,7 +101,9 @@ class FSDPStrategy(ShardedStrategy):
                     f" sharding_strategy={self._sharding_strategy!r}; pass a DeviceMesh to choose the mesh yourself"
                 )
         self._mesh_option = device_mesh
-        self._fully_shard_kwargs = _check_fully_shard_kwargs(kwargs)
+        refusal = "FSDPStrategy got keyword arguments {} that fully_shard does not take."
+        check_passed_keywords(kwargs, fully_shard_options(), refusal)
+        self._fully_shard_kwargs = kwargs
 
     # -- configuration -------------------------------------------------------------------------------------------
     @property

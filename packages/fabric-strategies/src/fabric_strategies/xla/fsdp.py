@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from types import ModuleType
 from typing import Any, ClassVar, Literal, get_args
@@ -15,10 +15,10 @@ from torch.nn import Module
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from fabric_accelerators import Accelerator
-from fabric_io import CheckpointIO, exists, isdir
-from fabric_precision import Precision
+from fabric_io import exists, isdir
 from fabric_strategies.checkpoint import StateFilter
+from fabric_strategies.inherited_parameters import takes_parameters_of
+from fabric_strategies.parallel import PARTS_BUT_ENVIRONMENT
 from fabric_strategies.xla import runtime
 from fabric_strategies.xla.fsdp_checkpoint import check_full_load, load_shard, save_xla_fsdp_checkpoint
 from fabric_strategies.xla.strategy import XLAStrategy
@@ -56,12 +56,11 @@ class XLAFSDPStrategy(XLAStrategy):
 
     name: ClassVar[str] = "xla_fsdp"
 
+    @takes_parameters_of(XLAStrategy, names=PARTS_BUT_ENVIRONMENT)
     def __init__(
         self,
-        accelerator: Accelerator | None = None,
-        parallel_devices: Sequence[torch.device | str] | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        precision: Precision | None = None,
+        inherited: dict[str, Any],
+        /,
         *,
         auto_wrap_policy: ModulePolicy = None,
         activation_checkpointing_policy: Iterable[type[Module]] | None = None,
@@ -69,7 +68,7 @@ class XLAFSDPStrategy(XLAStrategy):
         sequential_save: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(accelerator, parallel_devices, checkpoint_io, precision, sync_module_states=False)
+        super().__init__(**inherited, sync_module_states=False)
         if state_dict_type not in STATE_DICT_TYPES:
             raise ValueError(
                 f"Unknown state_dict_type {state_dict_type!r}. Choose one of: {', '.join(STATE_DICT_TYPES)}"

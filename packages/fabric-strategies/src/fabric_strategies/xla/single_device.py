@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from typing_extensions import override
 
-from fabric_accelerators import Accelerator
-from fabric_io import CheckpointIO
-from fabric_precision import Precision
+from fabric_strategies.base import Strategy
+from fabric_strategies.inherited_parameters import takes_parameters_of
 from fabric_strategies.single_device import SingleDeviceStrategy
 from fabric_strategies.xla import runtime
 from fabric_strategies.xla.parts import XLAParts
@@ -36,16 +35,11 @@ class SingleDeviceXLAStrategy(XLAParts, SingleDeviceStrategy):
 
     name: ClassVar[str] = "single_xla"
 
-    def __init__(
-        self,
-        device: torch.device | str | int | None = None,
-        accelerator: Accelerator | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        precision: Precision | None = None,
-    ) -> None:
+    @takes_parameters_of(Strategy, after=1)
+    def __init__(self, inherited: dict[str, Any], /, device: torch.device | str | int | None = None) -> None:
         runtime.require_xla(type(self).__name__)
         requested = _as_xla_device(device)
-        super().__init__(device=requested, accelerator=accelerator, checkpoint_io=checkpoint_io, precision=precision)
+        super().__init__(requested, **inherited)
         self._resolved_device: torch.device | None = None
         self._use_xla_defaults()
 

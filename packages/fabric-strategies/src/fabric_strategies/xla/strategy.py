@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
@@ -12,13 +11,11 @@ from torch.nn import Module
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from fabric_accelerators import Accelerator
 from fabric_environments import XLAEnvironment
-from fabric_io import CheckpointIO
-from fabric_precision import Precision
 from fabric_strategies.collectives.functional import local_reduce
+from fabric_strategies.inherited_parameters import takes_parameters_of
 from fabric_strategies.launchers.base import Launcher
-from fabric_strategies.parallel import ParallelStrategy
+from fabric_strategies.parallel import PARTS_BUT_ENVIRONMENT, ParallelStrategy
 from fabric_strategies.xla import runtime
 from fabric_strategies.xla.launcher import XLALauncher
 from fabric_strategies.xla.parts import XLAParts
@@ -40,23 +37,10 @@ class XLAStrategy(XLAParts, ParallelStrategy):
 
     name: ClassVar[str] = "xla"
 
-    def __init__(
-        self,
-        accelerator: Accelerator | None = None,
-        parallel_devices: Sequence[torch.device | str] | None = None,
-        checkpoint_io: CheckpointIO | None = None,
-        precision: Precision | None = None,
-        *,
-        sync_module_states: bool = True,
-    ) -> None:
+    @takes_parameters_of(ParallelStrategy, names=PARTS_BUT_ENVIRONMENT)
+    def __init__(self, inherited: dict[str, Any], /, *, sync_module_states: bool = True) -> None:
         runtime.require_xla(type(self).__name__)
-        super().__init__(
-            accelerator=accelerator,
-            parallel_devices=parallel_devices,
-            cluster_environment=XLAEnvironment(),
-            checkpoint_io=checkpoint_io,
-            precision=precision,
-        )
+        super().__init__(**inherited, cluster_environment=XLAEnvironment())
         self._sync_module_states = bool(sync_module_states)
         self._launched = False
         self._device: torch.device | None = None  # this process's XLA device, once launched
