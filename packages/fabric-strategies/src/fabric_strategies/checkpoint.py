@@ -14,6 +14,9 @@ from fabric_io import CheckpointIO
 from fabric_utils import PathLike, Stateful
 
 StateFilter = Mapping[str, Callable[[str, Any], bool]]
+#: what a checkpoint is loaded into: a module or an optimizer (the file holds its raw state dict), a state dict, or
+#: nothing (the checkpoint is returned)
+LoadTarget = Module | Optimizer | dict[str, Any] | None
 
 
 class CheckpointingStrategy(Protocol):
@@ -60,12 +63,24 @@ def to_checkpoint(
     if not isinstance(state, Mapping):
         raise TypeError(f"`state` must be a dict of names to objects, got {type(state).__name__}")
     check_filter(state, filter)
+    return convert_state(state, filter, strategy.get_module_state_dict, strategy.get_optimizer_state)
+
+
+def convert_state(
+    state: Mapping[str, Any],
+    filter: StateFilter | None,
+    module_state: Callable[[Module], Any],
+    optimizer_state: Callable[[Optimizer], Any],
+) -> dict[str, Any]:
+    """``state`` with each module and optimizer replaced by what ``module_state``/``optimizer_state`` make of it
+    and each other stateful object by its ``state_dict()``; then the state dicts that ``filter`` names keep only
+    the entries it accepts."""
     checkpoint: dict[str, Any] = {}
     for key, obj in state.items():
         if isinstance(obj, Module):
-            value: Any = strategy.get_module_state_dict(obj)
+            value: Any = module_state(obj)
         elif isinstance(obj, Optimizer):
-            value = strategy.get_optimizer_state(obj)
+            value = optimizer_state(obj)
         elif isinstance(obj, Stateful):
             value = obj.state_dict()
         else:

@@ -14,14 +14,14 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_io import is_remote_path, is_sharded_checkpoint
-from fabric_strategies.checkpoint import CheckpointingStrategy, loading
+from fabric_strategies.checkpoint import CheckpointingStrategy, LoadTarget, loading
 from fabric_utils import PathLike
 
 
 def read_checkpoint(
     strategy: CheckpointingStrategy,
     path: PathLike,
-    state: Module | Optimizer | dict[str, Any] | None,
+    state: LoadTarget,
     weights_only: bool,
 ) -> dict[str, Any]:
     """The checkpoint at ``path`` for a strategy that holds full tensors (single device, DDP, DP): a file through

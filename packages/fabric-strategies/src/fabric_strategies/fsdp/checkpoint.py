@@ -13,6 +13,7 @@ all processes call it with the same arguments.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import uuid
@@ -31,10 +32,12 @@ from fabric_io import (
 )
 from fabric_strategies.checkpoint import (
     CheckpointingStrategy,
+    LoadTarget,
     MissingStateKeyError,
     StateFilter,
     check_filter,
     check_strict_keys,
+    convert_state,
     loading,
     named_optimizer_state,
 )
@@ -131,20 +134,11 @@ def to_sharded_checkpoint(
             " Use state_dict_type='full' to save one file to a URL."
         )
     modules = [obj for obj in state.values() if isinstance(obj, Module)]
-    converted: dict[str, Any] = {}
-    for key, obj in state.items():
-        if isinstance(obj, Module):
-            value: Any = module_state(obj, full=full)
-        elif isinstance(obj, Optimizer):
-            value = optimizer_state(find_module(obj, [*modules, *strategy.setup_modules]), obj, full=full)
-        elif isinstance(obj, Stateful):
-            value = obj.state_dict()
-        else:
-            value = obj
-        if filter is not None and key in filter and isinstance(value, Mapping):
-            keep = filter[key]
-            value = {name: item for name, item in value.items() if keep(name, item)}
-        converted[key] = value
+
+    def optimizer_state_of(optimizer: Optimizer) -> dict[str, Any]:
+        return optimizer_state(find_module(optimizer, [*modules, *strategy.setup_modules]), optimizer, full=full)
+
+    converted = convert_state(state, filter, functools.partial(module_state, full=full), optimizer_state_of)
     return converted, full
 
 
@@ -170,11 +164,7 @@ def write_file(strategy: ShardedStates, checkpoint: dict[str, Any], path: PathLi
 
 # -- load ----------------------------------------------------------------------------------------------------------
 def load(
-    strategy: ShardedStates,
-    path: PathLike,
-    state: Module | Optimizer | dict[str, Any] | None,
-    strict: bool,
-    weights_only: bool,
+    strategy: ShardedStates, path: PathLike, state: LoadTarget, strict: bool, weights_only: bool
 ) -> dict[str, Any]:
     if state is not None and not isinstance(state, (Module, Optimizer, dict)):
         raise TypeError(f"`state` must be a module, an optimizer or a dict, got {type(state).__name__}")
@@ -185,11 +175,7 @@ def load(
 
 
 def _load_sharded(
-    strategy: ShardedStates,
-    path: PathLike,
-    state: Module | Optimizer | dict[str, Any] | None,
-    strict: bool,
-    weights_only: bool,
+    strategy: ShardedStates, path: PathLike, state: LoadTarget, strict: bool, weights_only: bool
 ) -> dict[str, Any]:
     metadata = read_sharded_metadata(path, weights_only=weights_only)
     if isinstance(state, Module):  # a directory that holds a module's raw state dict
@@ -263,11 +249,7 @@ def _restore(
 
 
 def _load_file(
-    strategy: ShardedStates,
-    path: PathLike,
-    state: Module | Optimizer | dict[str, Any] | None,
-    strict: bool,
-    weights_only: bool,
+    strategy: ShardedStates, path: PathLike, state: LoadTarget, strict: bool, weights_only: bool
 ) -> dict[str, Any]:
     checkpoint = strategy.checkpoint_io.load_checkpoint(path, map_location="cpu", weights_only=weights_only)
     if isinstance(state, Module):

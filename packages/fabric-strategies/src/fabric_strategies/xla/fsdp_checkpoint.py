@@ -11,7 +11,14 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_io import exists, get_filesystem, is_remote_path, join_path, remove_path, resolve_inside
-from fabric_strategies.checkpoint import CheckpointingStrategy, StateFilter, check_filter, restore_state, to_checkpoint
+from fabric_strategies.checkpoint import (
+    CheckpointingStrategy,
+    LoadTarget,
+    StateFilter,
+    check_filter,
+    restore_state,
+    to_checkpoint,
+)
 from fabric_strategies.xla import runtime
 from fabric_utils import PathLike
 
@@ -174,7 +181,7 @@ def load_shard(
     return restore_state(strategy, state, checkpoint, strict, path=target)
 
 
-def check_full_load(strategy: XLAShards, state: Module | Optimizer | dict[str, Any] | None) -> None:
+def check_full_load(strategy: XLAShards, state: LoadTarget) -> None:
     """A full checkpoint holds whole weights: they load into models that are not sharded yet, without optimizers."""
     if isinstance(state, Optimizer):
         raise ValueError(
