@@ -26,19 +26,8 @@ _DDP = "fabric_strategies.ddp:DDPStrategy"
 _DEEPSPEED = "fabric_strategies.deepspeed.strategy:DeepSpeedStrategy"
 _FSDP = "fabric_strategies.fsdp.strategy:FSDPStrategy"
 
-LISTED_STRATEGIES: tuple[ListedStrategy, ...] = (
-    ListedStrategy(
-        "single_device",
-        "fabric_strategies.single_device:SingleDeviceStrategy",
-        "One process on one device (the CPU unless a device is given or completed).",
-        {},
-    ),
-    ListedStrategy(
-        "dp",
-        "fabric_strategies.dp:DataParallelStrategy",
-        "One process; each batch is split over several CUDA GPUs with torch.nn.DataParallel (CUDA only).",
-        {},
-    ),
+#: the ways ddp starts its processes; each also has a "<name>_find_unused_parameters_true" variant
+_DDP_LAUNCHES: tuple[ListedStrategy, ...] = (
     ListedStrategy(
         "ddp",
         _DDP,
@@ -63,30 +52,34 @@ LISTED_STRATEGIES: tuple[ListedStrategy, ...] = (
         "ddp_fork for notebooks and the REPL: the launched function runs in forked processes.",
         {"start_method": "fork"},
     ),
+)
+
+
+def _finding_unused_parameters(listed: ListedStrategy) -> ListedStrategy:
+    """``listed`` (a ddp name) with ``find_unused_parameters=True``."""
+    return ListedStrategy(
+        f"{listed.name}_find_unused_parameters_true",
+        listed.target,
+        f"{listed.name} with find_unused_parameters=True, for models whose forward skips some parameters.",
+        {**listed.options, "find_unused_parameters": True},
+    )
+
+
+LISTED_STRATEGIES: tuple[ListedStrategy, ...] = (
     ListedStrategy(
-        "ddp_find_unused_parameters_true",
-        _DDP,
-        "ddp with find_unused_parameters=True, for models whose forward skips some parameters.",
-        {"start_method": "popen", "find_unused_parameters": True},
+        "single_device",
+        "fabric_strategies.single_device:SingleDeviceStrategy",
+        "One process on one device (the CPU unless a device is given or completed).",
+        {},
     ),
     ListedStrategy(
-        "ddp_spawn_find_unused_parameters_true",
-        _DDP,
-        "ddp_spawn with find_unused_parameters=True.",
-        {"start_method": "spawn", "find_unused_parameters": True},
+        "dp",
+        "fabric_strategies.dp:DataParallelStrategy",
+        "One process; each batch is split over several CUDA GPUs with torch.nn.DataParallel (CUDA only).",
+        {},
     ),
-    ListedStrategy(
-        "ddp_fork_find_unused_parameters_true",
-        _DDP,
-        "ddp_fork with find_unused_parameters=True.",
-        {"start_method": "fork", "find_unused_parameters": True},
-    ),
-    ListedStrategy(
-        "ddp_notebook_find_unused_parameters_true",
-        _DDP,
-        "ddp_notebook with find_unused_parameters=True.",
-        {"start_method": "fork", "find_unused_parameters": True},
-    ),
+    *_DDP_LAUNCHES,
+    *(_finding_unused_parameters(listed) for listed in _DDP_LAUNCHES),
     ListedStrategy(
         "deepspeed", _DEEPSPEED, "DeepSpeed with its default ZeRO stage 2 (optimizer states and gradients sharded).", {}
     ),
