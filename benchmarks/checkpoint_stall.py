@@ -43,7 +43,7 @@ def stall(reps: int, work: Path, *, sharded: bool) -> dict[str, Any] | None:
         if sharded:
             dist.barrier()
 
-    def window(side: str, rep: int) -> tuple[float, float, float, float]:
+    def window(side: str, rep: int) -> tuple[float, float, float, float, float]:
         model, optimizer = sides[side]
         sync_all()
         idle_before, cpu_before = _idle_jiffies(), time.process_time()
@@ -60,25 +60,29 @@ def stall(reps: int, work: Path, *, sharded: bool) -> dict[str, Any] | None:
                     paths[side], {"model": model, "optimizer": optimizer, "rep": rep}, asynchronous=side == "async"
                 )
                 call = time.perf_counter() - called
+        waited = 0.0
         if handle is not None:
             handle.wait()
+            waited = handle.waited  # training's wait for the deferred copy (in the next optimizer step)
         sync_all()
         elapsed = time.perf_counter() - start
         idle = _idle_share(idle_before, _idle_jiffies(), elapsed)
-        return elapsed, call, time.process_time() - cpu_before, idle
+        return elapsed, call, time.process_time() - cpu_before, idle, waited
 
     samples: dict[str, list[float]] = {f"{side} {what}": [] for side in SIDES for what in ("window", "cpu", "idle")}
-    samples.update({"sync call": [], "async call": []})
+    samples.update({"sync call": [], "async call": [], "async waited": []})
     for rep in range(reps + 1):  # the first repetition is a warm-up (fresh files, first imports), not recorded
         order = SIDES[rep % 3 :] + SIDES[: rep % 3]
         for side in order:
-            elapsed, call, cpu, idle = window(side, rep)
+            elapsed, call, cpu, idle, waited = window(side, rep)
             if rep:
                 samples[f"{side} window"].append(elapsed)
                 samples[f"{side} cpu"].append(cpu)
                 samples[f"{side} idle"].append(idle)
                 if side != "none":
                     samples[f"{side} call"].append(call)
+                if side == "async":
+                    samples["async waited"].append(waited)
     identical = _compare(fabric, sides, paths, sharded)
     if sharded:
         fabric.strategy.teardown()
@@ -145,6 +149,10 @@ def summarise(result: dict[str, Any]) -> dict[str, float]:
         cpu = [c - n for c, n in zip(samples[f"{side} cpu"], samples["none cpu"])]
         summary[f"{side} save cpu"] = statistics.median(cpu)
     summary["ratio"] = summary["async stall"] / summary["sync stall"]
+    # what the training thread itself spends blocked by an asynchronous save: the call, then the wait for the copy
+    blocked = [c + w for c, w in zip(samples["async call"], samples["async waited"])]
+    summary["async blocked"] = statistics.median(blocked)
+    summary["blocked ratio"] = summary["async blocked"] / summary["sync call"]
     return summary
 
 
@@ -158,7 +166,9 @@ def report(reps: int) -> None:
         print(
             f"{mode}: sync stall {summary['sync stall'] * 1000:.0f} ms (call {summary['sync call'] * 1000:.0f} ms),"
             f" async stall {summary['async stall'] * 1000:.0f} ms (call {summary['async call'] * 1000:.0f} ms),"
-            f" ratio {summary['ratio']:.1%}; no-save window {summary['none window']:.2f} s;"
+            f" ratio {summary['ratio']:.1%}; async blocked (call + wait for the copy)"
+            f" {summary['async blocked'] * 1000:.1f} ms = {summary['blocked ratio']:.1%} of the sync call;"
+            f" no-save window {summary['none window']:.2f} s;"
             f" save CPU (rank 0) sync {summary['sync save cpu'] * 1000:.0f} ms, async"
             f" {summary['async save cpu'] * 1000:.0f} ms; idle CPU share {summary['none idle']:.1%};"
             f" same final weights {result['same_final_weights']}, same checkpoint {result['same_checkpoint']}"

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fabric_core import Fabric
-from fabric_io import TorchCheckpointIO
+from fabric_io import CpuStaging, TorchCheckpointIO
 from fabric_utils import PathLike
 
 
@@ -94,6 +94,41 @@ def test_the_file_equals_a_synchronous_save_and_later_changes_do_not_reach_it(tm
     expected = torch.load(tmp_path / "sync.pt", weights_only=True)
     assert_identical(torch.load(tmp_path / "async.pt", weights_only=True), expected)
     assert not torch.equal(model.state_dict()["0.weight"], expected["model"]["0.weight"]), "training went on"
+
+
+@pytest.mark.parametrize("change", ["optimizer step", "in place", "through .data"])
+def test_a_change_of_the_weights_before_their_copy_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """The parameters and optimizer states are copied by the worker (here slowly): a change of them before that
+    waits (``handle.waited``), forward and backward do not, and the file equals the synchronous save."""
+    fabric, model, optimizer = _fabric_and_state()
+    state = {"model": model, "optimizer": optimizer, "step": 1}
+    fabric.save(tmp_path / "sync.pt", state)
+    copy = CpuStaging.copy
+
+    def slow_copy(self: CpuStaging, obj: Any) -> Any:
+        time.sleep(0.3)
+        return copy(self, obj)
+
+    monkeypatch.setattr(CpuStaging, "copy", slow_copy)
+    handle = fabric.save(tmp_path / "async.pt", state, asynchronous=True)
+    assert handle is not None
+    fabric.backward(model(torch.randn(4, 8)).square().mean())
+    assert handle.waited == 0.0, "forward and backward ran alongside the copy"
+    with torch.no_grad():
+        if change == "optimizer step":
+            optimizer.step()
+        elif change == "in place":
+            for parameter in model.parameters():
+                parameter.mul_(0)
+        else:
+            next(model.parameters()).data.fill_(7.0)
+    assert handle.waited > 0.1, "the change waited for the copy"
+    handle.wait()
+    expected = torch.load(tmp_path / "sync.pt", weights_only=True)
+    assert_identical(torch.load(tmp_path / "async.pt", weights_only=True), expected)
+    assert not torch.equal(model.state_dict()["0.weight"], expected["model"]["0.weight"]), "the change was made"
 
 
 def test_back_to_back_saves_do_not_overlap_and_a_load_waits_for_the_save_in_flight(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ PUBLIC = [
     "BackgroundSave",
     "CheckpointIO",
     "CpuStaging",
+    "DeferredCopy",
     "TorchCheckpointIO",
     "UnsafeCheckpointError",
     "XLACheckpointIO",
@@ -26,6 +27,7 @@ PUBLIC = [
     "isdir",
     "join_path",
     "load_sharded_checkpoint",
+    "lower_thread_priority",
     "makedirs",
     "read_sharded_metadata",
     "refused_global",
@@ -33,6 +35,7 @@ PUBLIC = [
     "resolve_inside",
     "save_sharded_checkpoint",
     "stage_on_cpu",
+    "trained_storages",
 ]
 
 

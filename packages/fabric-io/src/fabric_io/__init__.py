@@ -2,8 +2,9 @@
 
 from fabric_io.async_io import AsyncCheckpointIO
 from fabric_io.atomic import atomic_save
-from fabric_io.background import BackgroundSave, CpuStaging, stage_on_cpu
+from fabric_io.background import BackgroundSave, CpuStaging, lower_thread_priority, stage_on_cpu
 from fabric_io.base import CheckpointIO
+from fabric_io.deferred import DeferredCopy, trained_storages
 from fabric_io.errors import UnsafeCheckpointError, resolve_inside
 from fabric_io.filesystem import (
     check_path,
@@ -28,6 +29,7 @@ __all__ = [
     "BackgroundSave",
     "CheckpointIO",
     "CpuStaging",
+    "DeferredCopy",
     "TorchCheckpointIO",
     "UnsafeCheckpointError",
     "XLACheckpointIO",
@@ -41,6 +43,7 @@ __all__ = [
     "isdir",
     "join_path",
     "load_sharded_checkpoint",
+    "lower_thread_priority",
     "makedirs",
     "read_sharded_metadata",
     "refused_global",
@@ -48,4 +51,5 @@ __all__ = [
     "resolve_inside",
     "save_sharded_checkpoint",
     "stage_on_cpu",
+    "trained_storages",
 ]

@@ -69,12 +69,15 @@ class BackgroundSave:
 
     ``wait`` joins the thread and raises what ``function`` raised, once, with a note naming ``path``. The thread is
     not a daemon: an interpreter that exits while it runs waits for it first, so a save in flight is finished, not
-    cut off. On Linux it runs at a lower CPU priority (``BACKGROUND_NICENESS``).
+    cut off. On Linux it runs at a lower CPU priority (``BACKGROUND_NICENESS``); with ``lower_priority=False`` it
+    starts at the caller's, and ``function`` lowers it (``lower_thread_priority``) when training no longer waits
+    for it.
     """
 
-    def __init__(self, function: Callable[..., object], *args: Any, path: str) -> None:
+    def __init__(self, function: Callable[..., object], *args: Any, path: str, lower_priority: bool = True) -> None:
         self.path = path
         self._error: BaseException | None = None
+        self._lower_priority = lower_priority  # False: ``function`` calls ``lower_thread_priority`` itself, when due
         self._thread = threading.Thread(
             target=self._run, args=(function, args), name="fabric-async-checkpoint", daemon=False
         )
@@ -92,7 +95,8 @@ class BackgroundSave:
             raise error
 
     def _run(self, function: Callable[..., object], args: tuple[Any, ...]) -> None:
-        _lower_priority()
+        if self._lower_priority:
+            lower_thread_priority()
         try:
             function(*args)
         except BaseException as err:  # handed to the thread that calls wait()
@@ -104,8 +108,9 @@ class BackgroundSave:
         return f"{type(self).__name__}(path={self.path!r}, done={self.done()})"
 
 
-def _lower_priority() -> None:
-    """Lower the CPU priority of the calling thread (Linux applies ``setpriority`` of a thread id to that thread)."""
+def lower_thread_priority() -> None:
+    """Lower the CPU priority of the calling thread by ``BACKGROUND_NICENESS`` (Linux applies ``setpriority`` of a
+    thread id to that thread)."""
     if not sys.platform.startswith("linux"):
         return
     try:

@@ -1,8 +1,12 @@
 """Saving checkpoints in the background: ``save_state(..., asynchronous=True)`` and the waits that keep it safe.
 
-An asynchronous save copies the state to CPU memory before it returns (``fabric_io.CpuStaging``, whose buffers the
-next save of the same tensors reuses), so training may change the weights at once, and writes the copy in a worker
-thread (``fabric_io.BackgroundSave``), through the same atomic paths as a synchronous save: a single file goes
+An asynchronous save writes a CPU copy of the state as it was when ``save`` was called (``fabric_io.CpuStaging``,
+whose buffers the next save of the same tensors reuses). Before ``save`` returns, it copies all but the parameters
+and optimizer states of the state's modules and optimizers; the worker thread copies those first
+(``fabric_io.DeferredCopy``), while a guard on the training thread makes the next optimizer step, and any other
+in-place torch call that writes to them, wait for that copy (``AsyncSave.waited`` counts the wait). Forward and
+backward run alongside. The worker (``fabric_io.BackgroundSave``) then writes the copy through the same atomic
+paths as a synchronous save: a single file goes
 through the strategy's ``CheckpointIO`` (temporary file, then one rename), a sharded directory through
 ``fabric_io.save_sharded_checkpoint`` (hidden staging directory, published once complete). A save that fails or is
 cut off leaves the previous checkpoint as it was.
@@ -29,7 +33,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
-from fabric_io import AsyncCheckpointIO, BackgroundSave, CheckpointIO, CpuStaging, save_sharded_checkpoint
+from fabric_io import (
+    AsyncCheckpointIO,
+    BackgroundSave,
+    CheckpointIO,
+    CpuStaging,
+    DeferredCopy,
+    lower_thread_priority,
+    save_sharded_checkpoint,
+    trained_storages,
+)
 from fabric_strategies.base import Strategy
 from fabric_strategies.checkpoint import StateFilter, to_checkpoint
 from fabric_strategies.parallel import ParallelStrategy
@@ -48,10 +61,17 @@ class AsyncSave:
     (e.g. before another program reads it).
     """
 
-    def __init__(self, saver: _Saver, number: int, path: PathLike) -> None:
+    def __init__(self, saver: _Saver, number: int, path: PathLike, deferred: DeferredCopy | None = None) -> None:
         self._saver = saver
         self._number = number
+        self._deferred = deferred
         self.path = os.fspath(path)
+
+    @property
+    def waited(self) -> float:
+        """Seconds this process's training has waited so far for the copy of this save's parameters and optimizer
+        states (0.0 where everything was copied before ``save`` returned); see checkpoints.md."""
+        return self._deferred.waited if self._deferred is not None else 0.0
 
     def done(self) -> bool:
         """Whether this process has finished its part of the save; never blocks, never raises."""
@@ -92,7 +112,7 @@ def save_state(
     if saver is None:
         saver = _SAVERS[strategy] = _Saver(strategy)
     saver.start(write(strategy, saver, path, state, filter), path)
-    return AsyncSave(saver, saver.number_pending or 0, path)
+    return AsyncSave(saver, saver.number_pending or 0, path, saver.deferred)
 
 
 def wait_for_saves(strategy: Strategy) -> None:
@@ -115,7 +135,10 @@ class _Saver:
         self.path_pending = ""
         self.started = 0
         self.group: dist.ProcessGroup | None = None
-        self.staging = CpuStaging()  # its buffers are reused by the next save, which starts after this one ended
+        # their buffers are reused by the next save, which starts after this one ended
+        self.staging = CpuStaging()  # what is copied before `save` returns
+        self.late_staging = CpuStaging()  # parameters and optimizer states, copied by the worker (fabric_io.deferred)
+        self.deferred: DeferredCopy | None = None
         call_at_exit(_finish_at_exit, weakref.ref(self))
 
     def start(self, pending: BackgroundSave | None, path: PathLike) -> None:
@@ -135,6 +158,8 @@ class _Saver:
                 pending.wait()
         except BaseException as err:
             error = err
+        finally:
+            self.release()
         # one file is written by rank 0 alone: the others learn here that it failed
         failed = strategy.reduce_boolean_decision(error is not None, all=False)
         if error is not None:
@@ -144,6 +169,30 @@ class _Saver:
                 f"The asynchronous save of {self.path_pending!r} failed on another"
                 " process (its error is raised there); the previous checkpoint at that path is unchanged."
             )
+
+    def release(self) -> None:
+        """Remove the guard of the pending save's deferred copy (once that copy is complete; training thread)."""
+        deferred, self.deferred = self.deferred, None
+        if deferred is not None:
+            deferred.release()
+
+    def in_background(
+        self, checkpoint: Any, state: Mapping[str, Any], path: PathLike, write: Callable[[Any], object]
+    ) -> BackgroundSave:
+        """``write(copy)`` in a worker, ``copy`` being a CPU copy of ``checkpoint`` as it is now: its parameters and
+        optimizer states (those of ``state``'s modules and optimizers) copied by the worker first, under a guard
+        that makes training's changes to them wait for that copy (``fabric_io.DeferredCopy``), the rest now."""
+        deferred, copy = DeferredCopy.start(checkpoint, trained_storages(state), self.staging, self.late_staging)
+        if deferred is None:
+            return BackgroundSave(write, copy, path=os.fspath(path))
+        try:
+            save = BackgroundSave(_stage_then_write, deferred, write, path=os.fspath(path), lower_priority=False)
+        except BaseException:
+            deferred.staged.set()  # no worker: nothing will copy, nothing must wait
+            deferred.release()
+            raise
+        self.deferred = deferred
+        return save
 
     def checkpoint_group(self, strategy: ParallelStrategy) -> dist.ProcessGroup | None:
         """The gloo group of the background collectives (collective when it is created), None without a group."""
@@ -192,8 +241,19 @@ def _write_file(
     if not strategy.is_global_zero:
         return None
     checkpoint_io = strategy.checkpoint_io
-    copy = saver.staging.copy(checkpoint)
-    return BackgroundSave(_save_file, checkpoint_io, checkpoint_io.save_checkpoint, copy, path, path=os.fspath(path))
+
+    def write(copy: Any) -> None:
+        _save_file(checkpoint_io, checkpoint_io.save_checkpoint, copy, path)
+
+    return saver.in_background(checkpoint, state, path, write)
+
+
+def _stage_then_write(deferred: DeferredCopy, write: Callable[[Any], object]) -> None:
+    """The worker of a save whose copy was deferred: copy (at the caller's priority: training's next optimizer step
+    may be waiting for it), then write at the lower priority of background writes."""
+    copy = deferred.stage()
+    lower_thread_priority()
+    write(copy)
 
 
 def _save_file(checkpoint_io: CheckpointIO, write: Callable[..., object], *args: Any) -> None:
@@ -214,14 +274,14 @@ def _write_sharded(
     if full:
         if not strategy.is_global_zero:
             return None
-        copy = saver.staging.copy(checkpoint)
-        return BackgroundSave(
-            _save_file, strategy.checkpoint_io, write_file, strategy, copy, path, path=os.fspath(path)
-        )
+
+        def write_full(copy: Any) -> None:
+            _save_file(strategy.checkpoint_io, write_file, strategy, copy, path)
+
+        return saver.in_background(checkpoint, state, path, write_full)
     group = saver.checkpoint_group(strategy)
-    copy = saver.staging.copy(checkpoint)
-    write = functools.partial(save_sharded_checkpoint, process_group=group)
-    return BackgroundSave(write, copy, path, path=os.fspath(path))
+    write = functools.partial(save_sharded_checkpoint, path=path, process_group=group)
+    return saver.in_background(checkpoint, state, path, write)
 
 
 def _finish_at_exit(saver_ref: weakref.ref[_Saver]) -> None:
@@ -231,15 +291,17 @@ def _finish_at_exit(saver_ref: weakref.ref[_Saver]) -> None:
         return
     pending, saver.pending, saver.number_pending = saver.pending, None, None
     saver.group = None
-    saver.staging.close()
-    if pending is None:
-        return
     try:
-        pending.wait()
+        if pending is not None:
+            pending.wait()
     except BaseException as err:
         print(
-            f"fabric: the asynchronous save of {pending.path!r} failed; the previous checkpoint at that path is"
-            " unchanged:",
+            f"fabric: the asynchronous save of {os.fspath(saver.path_pending)!r} failed; the previous checkpoint at"
+            " that path is unchanged:",
             file=sys.stderr,
         )
         traceback.print_exception(err, file=sys.stderr)
+    finally:
+        saver.release()
+        saver.staging.close()
+        saver.late_staging.close()

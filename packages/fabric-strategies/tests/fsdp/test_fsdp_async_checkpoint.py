@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from fabric_io import is_sharded_checkpoint
+from fabric_io import CpuStaging, is_sharded_checkpoint
 from fabric_strategies import (
     DDPStrategy,
     FSDPStrategy,
@@ -56,7 +57,7 @@ def _identical(saved: Any, expected: Any) -> bool:
     return bool(saved == expected)
 
 
-def _async_equals_sync(rank: int, world_size: int, directory: str, kind: str) -> bool:
+def _async_equals_sync(rank: int, world_size: int, directory: str, kind: str, change: str = "step") -> bool:
     if kind == "ddp":
         strategy: Strategy = DDPStrategy(parallel_devices=[torch.device("cpu")] * world_size, timeout=TIMEOUT)
     else:
@@ -68,9 +69,24 @@ def _async_equals_sync(rank: int, world_size: int, directory: str, kind: str) ->
     state = {"model": model, "optimizer": optimizer, "step": 1, "notes": {"losses": [0.5]}}
     synchronous, asynchronous = os.path.join(directory, "sync"), os.path.join(directory, "async")
     save_state(strategy, synchronous, state)
+    if change == "in place":  # the worker copies the shards slowly: changing them in place must wait for it
+        copy = CpuStaging.copy
+
+        def slow_copy(self: CpuStaging, obj: Any) -> Any:
+            time.sleep(0.3)
+            return copy(self, obj)
+
+        CpuStaging.copy = slow_copy  # type: ignore[method-assign]
     handle = save_state(strategy, asynchronous, state, asynchronous=True)
     assert handle is not None
-    _step(strategy, model, optimizer)  # right after the call returned: the weights change in place
+    if change == "in place":
+        with torch.no_grad():
+            for parameter in model.parameters():  # DTensors: the guard sees the writes to their local shards
+                parameter.mul_(0)
+        assert handle.waited > 0.1
+        CpuStaging.copy = copy  # type: ignore[method-assign]
+    else:
+        _step(strategy, model, optimizer)  # right after the call returned: the weights change in place
     state["notes"]["losses"].append(0.25)
     # a second asynchronous save starts only once the first is complete everywhere
     second = save_state(strategy, os.path.join(directory, "second"), state, asynchronous=True)
@@ -100,6 +116,11 @@ def _weights(strategy: Any, model: Any) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("kind", ["fsdp-sharded", "fsdp-full", "ddp"])
 def test_an_asynchronous_save_equals_the_synchronous_one_and_ignores_later_training(tmp_path: Path, kind: str) -> None:
     results = run_processes(_async_equals_sync, str(tmp_path), kind, world_size=2)
+    assert results == [True, True]
+
+
+def test_an_in_place_change_of_the_shards_waits_for_their_copy(tmp_path: Path) -> None:
+    results = run_processes(_async_equals_sync, str(tmp_path), "fsdp-sharded", "in place", world_size=2)
     assert results == [True, True]
 
 
