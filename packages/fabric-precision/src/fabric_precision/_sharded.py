@@ -15,11 +15,9 @@ from typing_extensions import override
 
 from fabric_precision.base import (
     PRECISION_DTYPES,
-    Precision,
+    ForwardInDtype,
     check_choice,
-    convert_floating_tensors,
     default_dtype,
-    output_dtype,
 )
 from fabric_precision.half import HALF_PRECISIONS
 
@@ -27,7 +25,7 @@ ShardedPrecisionName = Literal["32-true", "16-true", "bf16-true", "16-mixed", "b
 SHARDED_PRECISIONS: tuple[str, ...] = ("32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed")
 
 
-class ShardedPrecision(Precision):
+class ShardedPrecision(ForwardInDtype):
     """The hooks ``FSDPPrecision``, ``DeepSpeedPrecision`` and ``XLAPrecision`` share.
 
     ``what`` names the plugin in errors; ``choices`` are the precisions it accepts.
@@ -77,11 +75,3 @@ class ShardedPrecision(Precision):
     @override
     def forward_context(self) -> AbstractContextManager[Any]:
         return default_dtype(self._dtype) if self._true_half else nullcontext()
-
-    @override
-    def convert_input(self, data: Any) -> Any:
-        return convert_floating_tensors(data, self._dtype)
-
-    @override
-    def convert_output(self, data: Any) -> Any:
-        return convert_floating_tensors(data, output_dtype())

@@ -9,10 +9,10 @@ import torch
 from torch.nn import Module
 from typing_extensions import override
 
-from fabric_precision.base import Precision, convert_floating_tensors, default_dtype, output_dtype
+from fabric_precision.base import ForwardInDtype, default_dtype
 
 
-class TruePrecision(Precision):
+class TruePrecision(ForwardInDtype):
     """Weights, buffers, floating-point inputs and tensors created in the init contexts and the forward all use
     ``dtype``; floating-point outputs come back in the default dtype (float32)."""
 
@@ -39,11 +39,3 @@ class TruePrecision(Precision):
     @override
     def forward_context(self) -> AbstractContextManager[Any]:
         return default_dtype(self._dtype)
-
-    @override
-    def convert_input(self, data: Any) -> Any:
-        return convert_floating_tensors(data, self._dtype)
-
-    @override
-    def convert_output(self, data: Any) -> Any:
-        return convert_floating_tensors(data, output_dtype())

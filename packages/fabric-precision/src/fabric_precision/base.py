@@ -104,6 +104,19 @@ class Precision:
         return f"{type(self).__name__}(precision={self.precision!r})"
 
 
+class ForwardInDtype(Precision):
+    """A precision whose forward takes its floating-point inputs in the precision's dtype (``_dtype``, set by the
+    subclass) and gives its floating-point outputs back in the default dtype."""
+
+    _dtype: torch.dtype
+
+    def convert_input(self, data: Any) -> Any:
+        return convert_floating_tensors(data, self._dtype)
+
+    def convert_output(self, data: Any) -> Any:
+        return convert_floating_tensors(data, output_dtype())
+
+
 def convert_floating_tensors(data: Any, dtype: torch.dtype) -> Any:
     """Cast every floating-point tensor in a collection to ``dtype``; other tensors and objects are left alone.
 
