@@ -83,11 +83,9 @@ class TensorBoardLogger(FolderLogger):
     (as in Lightning), else ``tensorboardX.SummaryWriter``; TensorBoard reads the files of either.
 
     Args:
-        root_dir: Local folder or fsspec URL (``s3://bucket/runs``, ``memory://runs``) under which runs are kept.
-        name: Experiment name, a folder under ``root_dir`` (nested ones such as ``"exp/a"`` too); ``None`` or ``""``
-            puts the versions in ``root_dir``. An absolute path, a URL or a ``..`` component raises ``ValueError``.
-        version: ``None`` picks the next free ``version_N``; an int ``N`` means ``version_N``; a str is the folder
-            (the same rule as ``name``: it stays inside).
+        root_dir, name, version: where the run's folder ``root_dir/name/version_N`` is, as for :class:`CSVLogger`:
+            ``root_dir`` a local folder or an fsspec URL, ``name`` and a str ``version`` folders that stay inside it,
+            ``version=None`` the next free ``version_N``.
         default_hp_metric: :meth:`log_hyperparams` without ``metrics`` records ``hp_metric = -1`` so TensorBoard's
             HParams tab shows the run (log the real ``hp_metric`` later to fill it in).
         prefix: Prepended to every metric name, joined with ``LOGGER_JOIN_CHAR`` (``"-"``).
