@@ -42,6 +42,13 @@ def test_signature_unchanged(name: str) -> None:
     assert str(inspect.signature(_strategy_classes()[name])) == _snapshot()[name]
 
 
+@pytest.mark.parametrize("name", sorted(_snapshot()))
+def test_init_shows_the_same_parameters_after_self(name: str) -> None:
+    """``help(cls)`` renders ``cls.__init__``: ``self`` first (positional or keyword, as in a plain method), then the
+    parameters above."""
+    assert str(inspect.signature(_strategy_classes()[name].__init__)) == "(self, " + _snapshot()[name][1:]
+
+
 def test_shared_parameters_bind_by_position() -> None:
     """Lightning Fabric code may pass the shared parameters by position; each lands where it did."""
     environment = LightningEnvironment()

@@ -53,7 +53,8 @@ def takes_parameters_of(
 
     def decorate(init: Init) -> Init:
         body = inspect.signature(init)
-        self_parameter, _, *own = body.parameters.values()
+        self_parameter, _, *own = body.parameters.values()  # ``self`` is positional-only there, as ``inherited`` is
+        self_parameter = self_parameter.replace(kind=Parameter.POSITIONAL_OR_KEYWORD)
         signature = body.replace(parameters=[self_parameter, *own[:after], *taken, *own[after:]])
         var_keyword = next((p.name for p in own if p.kind is Parameter.VAR_KEYWORD), None)
 
