@@ -188,3 +188,19 @@ def test_an_uncopyable_object_raises_before_anything_is_deferred() -> None:
             {"model": model.state_dict(), "lock": threading.Lock()}, trained_storages(model), CpuStaging(), CpuStaging()
         )
     assert torch._C._len_torch_function_stack() == 0, "no guard was left behind"
+
+
+def test_a_guard_below_another_torch_function_mode_stays_inert_until_that_mode_has_left(guarded: Any) -> None:
+    model, optimizer = _trained()
+    state = {"model": model, "optimizer": optimizer}
+    deferred, worker = guarded(_checkpoint(model, optimizer), state)
+    with torch.device("cpu"):  # entered after the save: its exit pops the top mode, so the guard must stay below
+        deferred.release()
+        assert torch._C._len_torch_function_stack() == 2
+    assert torch._C._len_torch_function_stack() == 1, "torch.device's exit popped its own mode"
+    worker.join()
+    later, _ = DeferredCopy.start(_checkpoint(model, optimizer), trained_storages(state), CpuStaging(), CpuStaging())
+    assert later is not None, "the next save took the inert guard off and deferred again"
+    assert torch._C._len_torch_function_stack() == 1
+    later.stage()
+    later.release()

@@ -109,7 +109,6 @@ class DeferredCopy:
         self._keys = {key for key in map(storage_key, late.values()) if key is not None}
         self.staged = threading.Event()
         self.waited = 0.0  # seconds the caller's thread has waited for the copy, in the guard or `release`
-        self._mode: _WaitBeforeChanges | None = None
         self._hook: Any = None
 
     @classmethod
@@ -121,6 +120,7 @@ class DeferredCopy:
         ``deferred`` is None when everything was copied now (nothing to defer, or no guard possible); then ``copy``
         is the complete copy. Otherwise ``copy`` is None and ``deferred.stage()`` returns it.
         """
+        _drop_inert_guards()
         if not trained or torch._C._len_torch_function_stack() != 0:
             return None, eager.copy(checkpoint)
         deferred_tensors: dict[str, torch.Tensor] = {}
@@ -165,29 +165,20 @@ class DeferredCopy:
         return False
 
     def _guard(self) -> None:
-        self._mode = _WaitBeforeChanges(self)
-        self._mode.__enter__()
+        _WaitBeforeChanges(self).__enter__()  # taken off by `_drop_inert_guards` once the copy is complete
         self._hook = register_optimizer_step_pre_hook(self._before_step)
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.wait_staged()
-        self._pop_mode()
+        _drop_inert_guards()
 
     def release(self) -> None:
         """Wait for the copy and remove the guard (caller's thread; a no-op once done)."""
         self.wait_staged()
-        self._pop_mode()
+        _drop_inert_guards()
         hook, self._hook = self._hook, None
         if hook is not None:
             hook.remove()
-
-    def _pop_mode(self) -> None:
-        """Take the guard off the caller's torch function mode stack, where it is on top (else it stays, inert)."""
-        mode = self._mode
-        depth = torch._C._len_torch_function_stack()
-        if mode is not None and depth and torch._C._get_function_stack_at(depth - 1) is mode:
-            self._mode = None
-            mode.__exit__(None, None, None)
 
 
 class _WaitBeforeChanges(TorchFunctionMode):
@@ -197,12 +188,26 @@ class _WaitBeforeChanges(TorchFunctionMode):
         super().__init__()
         self._copy = copy
 
+    def inert(self) -> bool:
+        return self._copy.staged.is_set()
+
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         copy = self._copy
         if not copy.staged.is_set() and _writes(func, kwargs) and (copy.touches(args) or copy.touches(kwargs.values())):
             copy.wait_staged()
         return func(*args, **kwargs)
+
+
+def _drop_inert_guards() -> None:
+    """Pop the guards of complete copies off the top of the calling thread's torch function mode stack. One below
+    another mode (entered after the save) stays, inert (it passes calls through), until a later ``start`` or
+    ``release`` finds it on top: popping it from below would break that mode's own exit."""
+    while depth := torch._C._len_torch_function_stack():
+        mode = torch._C._get_function_stack_at(depth - 1)
+        if not (isinstance(mode, _WaitBeforeChanges) and mode.inert()):
+            return
+        mode.__exit__(None, None, None)
 
 
 def _writes(func: Any, kwargs: Mapping[str, Any]) -> bool:
