@@ -3,7 +3,7 @@
 nox                         the quick check of a change: lint and fabric-utils' tests (about a minute)
 nox -l                      list the sessions
 nox -s ci                   what CI runs: lint, dag, every package's tests, integration, build, demo
-nox -s ci -- --jobs 2       the same, two sessions at a time
+nox -s ci -- --jobs 1       the same, one session at a time
 nox -s "tests(package='fabric-io')"
 nox -s tests_cuda tests_xla (opt-in: run the hardware-marked tests where the hardware exists)
 nox -s scale                (opt-in: the slow integration runs at world size 4-8, pytest marker `scale`)
@@ -197,14 +197,28 @@ def tests_xla(session: nox.Session, package: str) -> None:
 @nox.session(tags=["tests"])
 @disposable
 def integration(session: nox.Session) -> None:
-    """Cross-package runs: parity with raw PyTorch, launch, checkpoint/resume, faults."""
+    """Cross-package runs: parity with raw PyTorch, launch, checkpoint/resume, bad input, Slurm, HF models, examples."""
     install_packages(session, ["fabric-core"], test_of="fabric-core")
     # DeepSpeed checkpoints are part of the cross-package contract (untrusted-checkpoint tests)
     session.install("-c", CONSTRAINTS, "deepspeed>=0.14")
     session.install("-c", CONSTRAINTS, "transformers")  # Hugging Face models built from tiny configs (test_hf_models)
     session.install("-c", CONSTRAINTS, "-r", str(ROOT / "examples" / "requirements.txt"))  # test_examples runs them
     ensure_slurm(session)  # the Slurm tests train with Fabric on a real cluster
-    run_integration_tests(session, "-m", "not scale")  # the slow world-size 4-8 runs are the `scale` session's
+    # the slow world-size 4-8 runs are the `scale` session's, the fault-timing tests `integration_faults`'
+    run_integration_tests(session, "-m", "not scale", *(f"--ignore={ROOT / 'tests-integration' / f}" for f in FAULTS))
+
+
+# tests of how a run ends when a rank fails or exits: which rank is named first depends on which process the
+# launcher sees end first, so `ci` runs them alone, after the sessions that run side by side
+FAULTS = ("test_rank_failure.py", "test_exit_endings.py")
+
+
+@nox.session(tags=["tests"])
+@disposable
+def integration_faults(session: nox.Session) -> None:
+    """Cross-package runs in which a rank fails, hangs or exits early: the run must end, name it, leave nothing."""
+    install_packages(session, ["fabric-core"], test_of="fabric-core")
+    run_integration_tests(session, "-m", "not scale", *(str(ROOT / "tests-integration" / f) for f in FAULTS))
 
 
 @nox.session(default=False)
@@ -219,18 +233,20 @@ def scale(session: nox.Session) -> None:
 
 
 def run_integration_tests(session: nox.Session, *selection: str) -> None:
+    """pytest over tests-integration, or over the test files that ``selection`` names."""
+    named = [arg for arg in selection if arg.endswith(".py") and not arg.startswith("-")]
     session.run(
         "python",
         "-m",
         "pytest",
-        str(ROOT / "tests-integration"),
+        *(named or [str(ROOT / "tests-integration")]),
         "--rootdir",
         str(ROOT),
         "-c",
         str(ROOT / "pyproject.toml"),
         "--hardware",
         "cpu",
-        *selection,
+        *(arg for arg in selection if arg not in named),
         *session.posargs,
     )
 
@@ -492,16 +508,19 @@ CI_SESSIONS = [
     "lint",
     "dag",
 ]
+# run after those, one at a time, on an otherwise idle machine
+CI_ALONE = ["integration_faults"]
 
 
 @nox.session(python=False)
 def ci(session: nox.Session) -> None:
-    """What CI runs: lint, dag, every package's CPU tests, integration, build and the demo, one session at a time.
+    """What CI runs: lint, dag, every package's CPU tests, integration, build and the demo.
 
-    Each session runs as its own nox process. `nox -s ci -- --jobs 2` runs two at a time (each session's log printed
-    whole when it ends): a few minutes faster on 2 cores, but the load makes the timing-sensitive fault tests
-    (test_rank_failure's `fabric run` cases) name the wrong rank now and then, so CI runs one at a time. The Debian
-    packages some sessions need are installed first, once. Each session's venv is deleted when it ends.
+    Each session runs as its own nox process, two at a time (`-- --jobs N`: N; each session's log is printed whole
+    when it ends), longest first: the suites spend much of their time waiting on processes they started, so two
+    lanes use the second core. Then `integration_faults` runs alone: under the load of two lanes a launcher can see a
+    failing run's processes end in another order than they failed, and those tests check which rank is named. The
+    Debian packages some sessions need are installed first, once. Each session's venv is deleted when it ends.
     """
     jobs = ci_jobs(session.posargs)
     free_gb = shutil.disk_usage(ROOT).free / 2**30
@@ -512,7 +531,9 @@ def ci(session: nox.Session) -> None:
     sys.path.insert(0, str(ROOT / ".ci"))
     from lanes import run_in_lanes
 
-    outcomes = run_in_lanes(CI_SESSIONS, jobs=jobs, noxfile=ROOT / "noxfile.py", env={DISCARD_ENV: "1"})
+    env = {DISCARD_ENV: "1"}
+    outcomes = run_in_lanes(CI_SESSIONS, jobs=jobs, noxfile=ROOT / "noxfile.py", env=env)
+    outcomes += run_in_lanes(CI_ALONE, jobs=1, noxfile=ROOT / "noxfile.py", env=env)
     for outcome in sorted(outcomes, key=lambda o: -o.seconds):
         print(f"{outcome.seconds:6.0f} s  {'ok    ' if outcome.returncode == 0 else 'FAILED'}  {outcome.name}")
     failed = [outcome.name for outcome in outcomes if outcome.returncode != 0]
@@ -521,9 +542,9 @@ def ci(session: nox.Session) -> None:
 
 
 def ci_jobs(posargs: list[str]) -> int:
-    """``--jobs N`` from ``nox -s ci -- --jobs N`` (default 1)."""
+    """``--jobs N`` from ``nox -s ci -- --jobs N`` (default 2)."""
     if not posargs:
-        return 1
+        return 2
     if len(posargs) == 2 and posargs[0] == "--jobs" and posargs[1].isdigit() and int(posargs[1]) >= 1:
         return int(posargs[1])
     raise SystemExit(f"nox -s ci takes only `-- --jobs N` (N >= 1), got {posargs}")
