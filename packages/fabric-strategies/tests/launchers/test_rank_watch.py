@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from fabric_strategies import DDPStrategy, MultiprocessingLauncher, ProcessFailedError
+from fabric_strategies.launchers.process_control import is_exiting
 from fabric_testing import child_pids
 
 BOUND = 30.0
@@ -90,21 +91,13 @@ def test_a_killed_rank_whose_sentinel_closes_late_is_still_named_first(tmp_path)
         assert err.local_rank == 1
         assert "killed by SIGKILL" in str(err)
         # it did not wait for the sentinel: the holder, which keeps it open, is still running
-        assert _running(int(pid_file.read_text())), "the launcher waited for the dead rank's sentinel to close"
+        assert not is_exiting(int(pid_file.read_text())), "the launcher waited for the dead rank's sentinel to close"
     finally:
         if pid_file.exists():
             try:
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _raise_or_sleep(strategy: DDPStrategy, ignore_sigterm: bool) -> None:
