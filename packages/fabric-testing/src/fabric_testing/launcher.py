@@ -14,9 +14,12 @@ from datetime import timedelta
 from multiprocessing.connection import Connection, wait
 from typing import Any, Literal
 
+import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT = 120.0
+# what the fork server imports once for every process it starts
+PRELOAD = ["torch", "torch.distributed"]
 # after the first rank fails, how long the others get to finish or report their own error before they are stopped
 FAILURE_GRACE = 3.0
 
@@ -69,6 +72,9 @@ def _worker(
     # a forkserver child inherits the server's environment, not the caller's: give every start method the caller's
     os.environ.clear()
     os.environ.update(parent_env)
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0 and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))  # torch read the variable when the fork server imported it
     os.environ.update(
         {
             "MASTER_ADDR": "127.0.0.1",
@@ -137,7 +143,7 @@ def run_processes(
     *args: Any,
     world_size: int = 2,
     timeout: float = DEFAULT_TIMEOUT,
-    start_method: Literal["spawn", "forkserver", "fork"] = "spawn",
+    start_method: Literal["spawn", "forkserver", "fork"] = "forkserver",
     init_process_group: bool = True,
     backend: str = "gloo",
     pg_timeout: float = 30.0,
@@ -153,10 +159,16 @@ def run_processes(
     rank's exception and traceback; the same happens when the whole run exceeds ``timeout`` seconds. Results must be
     picklable. ``fn`` must be importable (defined at module level) unless ``start_method`` is "fork". Every start
     method gives the processes the caller's current environment variables.
+
+    The default, "forkserver", forks each process from a server that has imported torch once (the first call starts
+    it): a process is ready in a fraction of a second instead of importing torch again (about 2 s of CPU each).
+    "spawn" starts each from a new interpreter, as ``torch.multiprocessing.spawn`` does.
     """
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
     ctx: Any = mp.get_context(start_method)
+    if start_method == "forkserver":
+        ctx.set_forkserver_preload(PRELOAD)  # takes effect when the server starts
     port = find_free_port()
     env = dict(os.environ)
     procs: list[Any] = []
