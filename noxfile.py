@@ -494,22 +494,24 @@ def docs(session: nox.Session) -> None:
 # `ci`'s sessions, longest first (the lanes take them in this order)
 CI_SESSIONS = [
     "integration",
-    "tests(package='fabric-core')",
     "tests(package='fabric-strategies')",
+    "tests(package='fabric-core')",
+    "tests(package='fabric-loggers')",
+    "build",
+    "tests(package='fabric-testing')",
+    "tests(package='fabric-io')",
+]
+# then integration_faults, beside only these light sessions (one lane for it, one for them)
+CI_LAST = [
+    "integration_faults",
     "tests(package='fabric-environments')",
     "tests(package='fabric-precision')",
-    "tests(package='fabric-io')",
-    "tests(package='fabric-loggers')",
     "tests(package='fabric-accelerators')",
     "tests(package='fabric-utils')",
-    "tests(package='fabric-testing')",
-    "build",
     "demo",
     "lint",
     "dag",
 ]
-# run after those, one at a time, on an otherwise idle machine
-CI_ALONE = ["integration_faults"]
 
 
 @nox.session(python=False)
@@ -518,9 +520,10 @@ def ci(session: nox.Session) -> None:
 
     Each session runs as its own nox process, two at a time (`-- --jobs N`: N; each session's log is printed whole
     when it ends), longest first: the suites spend much of their time waiting on processes they started, so two
-    lanes use the second core. Then `integration_faults` runs alone: under the load of two lanes a launcher can see a
-    failing run's processes end in another order than they failed, and those tests check which rank is named. The
-    Debian packages some sessions need are installed first, once. Each session's venv is deleted when it ends.
+    lanes use the second core. `integration_faults` runs last, beside light sessions only: under the load of two
+    heavy lanes a launcher can see a failing run's processes end in another order than they failed, and those tests
+    check which rank is named. The Debian packages some sessions need are installed first, once. Each session's venv
+    is deleted when it ends.
     """
     jobs = ci_jobs(session.posargs)
     free_gb = shutil.disk_usage(ROOT).free / 2**30
@@ -533,7 +536,7 @@ def ci(session: nox.Session) -> None:
 
     env = {DISCARD_ENV: "1"}
     outcomes = run_in_lanes(CI_SESSIONS, jobs=jobs, noxfile=ROOT / "noxfile.py", env=env)
-    outcomes += run_in_lanes(CI_ALONE, jobs=1, noxfile=ROOT / "noxfile.py", env=env)
+    outcomes += run_in_lanes(CI_LAST, jobs=min(jobs, 2), noxfile=ROOT / "noxfile.py", env=env)
     for outcome in sorted(outcomes, key=lambda o: -o.seconds):
         print(f"{outcome.seconds:6.0f} s  {'ok    ' if outcome.returncode == 0 else 'FAILED'}  {outcome.name}")
     failed = [outcome.name for outcome in outcomes if outcome.returncode != 0]

@@ -2,6 +2,7 @@ import os
 import pickle
 import re
 import sys
+import time
 import uuid
 import warnings
 from argparse import Namespace
@@ -387,7 +388,12 @@ def test_experiment_has_the_writer_api_users_call(tmp_path, backend):
     writer.add_image("picture", torch.rand(3, 4, 4), 2)
     writer.add_text("note", "hello", 2)
     writer.flush()
-    assert scalars(read_run(logger.log_dir), "direct") == [(2, 1.5)]  # flushed: readable while the writer is open
+    # readable while the writer is open; tensorboardX's flush() does not wait for its writer thread's queue, so the
+    # event reaches the file a moment later on a busy machine
+    deadline = time.monotonic() + 30
+    while "direct" not in read_run(logger.log_dir).Tags()["scalars"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scalars(read_run(logger.log_dir), "direct") == [(2, 1.5)]
     logger.finalize("success")
     run = read_run(logger.log_dir)
     assert [event.step for event in run.Histograms("weights")] == [2]
