@@ -112,6 +112,18 @@ def path(name: str) -> str:
 
 def install_torch(session: nox.Session) -> None:
     session.install("-c", CONSTRAINTS, "torch")
+    cache_bytecode(session)
+
+
+def cache_bytecode(session: nox.Session) -> None:
+    """Let the session's Python processes keep the bytecode they compile, in a folder of its venv (gone with it).
+
+    uv installs packages without ``.pyc`` files, and container images often set ``PYTHONDONTWRITEBYTECODE=1``: then
+    every process compiles what it imports from source, and ``import torch`` costs ~2.9 s of CPU instead of ~1.3 s.
+    The suites start hundreds of processes that import torch (launchers, ranks, scripts), so this halves their CPU.
+    """
+    session.env["PYTHONDONTWRITEBYTECODE"] = None  # nox drops variables set to None from what the session runs
+    session.env["PYTHONPYCACHEPREFIX"] = os.path.join(session.virtualenv.location, "pycache")
 
 
 def install_packages(

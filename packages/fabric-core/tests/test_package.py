@@ -22,6 +22,12 @@ NOT_AT_IMPORT = (
     "torch.utils.flop_counter",
     "fabric_core.cli",
     "fabric_loggers",
+    "fabric_io.deferred",
+    "fabric_io.xla",
+    "fabric_precision.bitsandbytes",
+    "fabric_precision.deepspeed",
+    "fabric_precision.fsdp",
+    "fabric_precision.xla",
     "fabric_strategies.deepspeed",
     "fabric_strategies.fsdp",
     "fabric_strategies.model_parallel",
@@ -51,4 +57,4 @@ def test_a_single_device_step_stays_light_and_a_sharded_name_loads_only_its_modu
     )
     assert _modules_after(step) == []
     plan = "import fabric_core\nfabric_core.resolve_plan(accelerator='cpu', strategy='fsdp', devices=2)"
-    assert _modules_after(plan) == ["fabric_strategies.fsdp"]
+    assert _modules_after(plan) == ["fabric_precision.fsdp", "fabric_strategies.fsdp"]

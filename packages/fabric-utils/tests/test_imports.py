@@ -128,3 +128,22 @@ def test_importing_fabric_utils_imports_no_optional_dependency() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_names_on_access_import_their_module_on_first_use(monkeypatch):
+    import types
+
+    from fabric_utils import names_on_access
+
+    package = types.ModuleType("lazy_pkg")
+    monkeypatch.setitem(sys.modules, "lazy_pkg", package)
+    monkeypatch.delitem(sys.modules, "json.decoder", raising=False)
+    package.__getattr__, package.__dir__ = names_on_access("lazy_pkg", {"JSONDecoder": "json.decoder"})
+
+    assert "JSONDecoder" in dir(package)
+    assert "json.decoder" not in sys.modules  # listing the name imports nothing
+    decoder = package.JSONDecoder
+    assert decoder is sys.modules["json.decoder"].JSONDecoder
+    assert vars(package)["JSONDecoder"] is decoder  # stored: the next access is a plain attribute
+    with pytest.raises(AttributeError, match="module 'lazy_pkg' has no attribute 'missing'"):
+        package.missing  # noqa: B018

@@ -51,6 +51,7 @@ EXPECTED = [
     "max_seed_value",
     "min_seed_value",
     "module_available",
+    "names_on_access",
     "move_data_to_device",
     "mps_available",
     "override_hardware",

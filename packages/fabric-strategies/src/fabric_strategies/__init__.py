@@ -4,8 +4,7 @@ The DeepSpeed, FSDP, model-parallel and XLA names are imported on first access (
 imports ``fabric_strategies.fsdp`` then), which keeps them out of ``import fabric_strategies``.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fabric_strategies.async_checkpoint import AsyncSave, save_state, wait_for_saves
 from fabric_strategies.base import Strategy, unwrap_module
@@ -27,6 +26,7 @@ from fabric_strategies.registry import STRATEGY_REGISTRY, resolve_strategy_name
 from fabric_strategies.shared_filesystem import is_shared_filesystem
 from fabric_strategies.single_device import SingleDeviceStrategy
 from fabric_strategies.teardown import call_at_exit, destroy_process_group_cleanly, release_ddp_wrapper
+from fabric_utils import names_on_access
 
 if TYPE_CHECKING:
     from fabric_strategies.deepspeed import DeepSpeedConfig, DeepSpeedStrategy
@@ -57,18 +57,7 @@ _ON_ACCESS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _ON_ACCESS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fabric_strategies' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_ON_ACCESS})
-
+__getattr__, __dir__ = names_on_access(__name__, _ON_ACCESS)
 
 __version__ = "0.1.0"
 

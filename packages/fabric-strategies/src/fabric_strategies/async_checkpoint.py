@@ -38,10 +38,8 @@ from fabric_io import (
     BackgroundSave,
     CheckpointIO,
     CpuStaging,
-    DeferredCopy,
     lower_thread_priority,
     save_sharded_checkpoint,
-    trained_storages,
 )
 from fabric_strategies.base import Strategy
 from fabric_strategies.checkpoint import StateFilter, to_checkpoint
@@ -50,6 +48,7 @@ from fabric_strategies.teardown import call_at_exit
 from fabric_utils import PathLike
 
 if TYPE_CHECKING:
+    from fabric_io import DeferredCopy
     from fabric_strategies.fsdp.base import ShardedStrategy
 
 
@@ -182,6 +181,8 @@ class _Saver:
         """``write(copy)`` in a worker, ``copy`` being a CPU copy of ``checkpoint`` as it is now: its parameters and
         optimizer states (those of ``state``'s modules and optimizers) copied by the worker first, under a guard
         that makes training's changes to them wait for that copy (``fabric_io.DeferredCopy``), the rest now."""
+        from fabric_io import DeferredCopy, trained_storages  # imported by the first asynchronous save
+
         deferred, copy = DeferredCopy.start(checkpoint, trained_storages(state), self.staging, self.late_staging)
         if deferred is None:
             return BackgroundSave(write, copy, path=os.fspath(path))

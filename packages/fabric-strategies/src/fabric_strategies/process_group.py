@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,9 @@ from fabric_strategies.teardown import register_exit_teardown
 DEFAULT_TIMEOUT: timedelta = default_pg_timeout
 
 _BACKENDS_BY_DEVICE = {"cuda": "nccl"}
+#: torch's variable (torchrun sets it too): when it is "True", ``init_process_group`` connects to the store at the main
+#: address and port as a client instead of hosting it in the process of rank 0
+AGENT_STORE_VARIABLE = "TORCHELASTIC_USE_AGENT_STORE"
 
 
 def default_process_group_backend(device: torch.device) -> str:
@@ -30,6 +34,24 @@ def check_backend(backend: str) -> str:
     if isinstance(backend, str) and (backend.lower() in known or ":" in backend):
         return backend.lower()
     raise ValueError(f"Unknown process_group_backend {backend!r}. Choose one of: {', '.join(known)}")
+
+
+def host_store(environment: ClusterEnvironment) -> Any:
+    """Start the store (a TCPStore server) through which the processes of ``environment`` form their group.
+
+    For a launcher that starts them: it keeps the returned object until they have ended, and gives them
+    ``AGENT_STORE_VARIABLE="True"``. ``None`` where ``torch.distributed`` is not available.
+    """
+    if not dist.is_available():
+        return None
+    address, port = environment.main_address, environment.main_port
+    try:
+        return dist.TCPStore(address, port, is_master=True, wait_for_workers=False, timeout=DEFAULT_TIMEOUT)
+    except (RuntimeError, OSError) as err:
+        raise RuntimeError(
+            f"Cannot start the store of the process group at {address}:{port} (MASTER_ADDR:MASTER_PORT): {err}."
+            " Set MASTER_PORT to a free port, or leave it unset to get one."
+        ) from err
 
 
 def init_process_group(

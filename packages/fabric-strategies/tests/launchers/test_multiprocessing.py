@@ -189,3 +189,35 @@ def test_restoring_the_default_determinism_flags_does_not_import_inductor():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "True"]
+
+
+def _rendezvous_facts(strategy: DDPStrategy) -> dict[str, object]:
+    import gc
+
+    frozen = gc.get_freeze_count()  # before the group forms: what the launcher froze
+    strategy.setup_environment()
+    return {"agent_store": os.environ.get("TORCHELASTIC_USE_AGENT_STORE"), "frozen": frozen}
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_processes_join_a_store_that_the_launcher_hosts(start_method):
+    """The launcher hosts the store before it starts the processes, which connect as clients (no rank waits out
+    TCPStore's connection back-off); what exists when the function starts is left out of the GC's full passes."""
+    strategy = _strategy(start_method)
+    facts = strategy.launcher.launch(_rendezvous_facts, strategy)
+    assert facts["agent_store"] == "True"
+    assert facts["frozen"] > 10_000  # torch's modules and objects, at least
+    assert "TORCHELASTIC_USE_AGENT_STORE" not in os.environ  # only the launched processes get it
+
+
+def test_an_occupied_main_port_is_reported_before_any_process_starts(monkeypatch):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("MASTER_PORT", str(port))
+        strategy = _strategy("spawn")
+        with pytest.raises(RuntimeError, match=rf"Cannot start the store of the process group at .*:{port} "):
+            strategy.launcher.launch(_add, strategy, 1)

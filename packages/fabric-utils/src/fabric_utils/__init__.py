@@ -39,6 +39,7 @@ from fabric_utils.imports import (
     TRANSFORMER_ENGINE,
     OptionalDependency,
     module_available,
+    names_on_access,
     package_version,
 )
 from fabric_utils.rank_zero import (
@@ -128,6 +129,7 @@ __all__ = [
     "module_available",
     "move_data_to_device",
     "mps_available",
+    "names_on_access",
     "override_hardware",
     "package_version",
     "rank_from_environment",

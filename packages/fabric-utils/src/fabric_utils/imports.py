@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fabric_utils.exceptions import MissingDependencyError
 
@@ -101,3 +103,24 @@ TRANSFORMER_ENGINE = OptionalDependency(
 )
 MPI4PY = OptionalDependency("mpi4py", install="pip install mpi4py")
 NUMPY = OptionalDependency("numpy")
+
+
+def names_on_access(package: str, modules: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """The module ``__getattr__`` and ``__dir__`` of ``package`` whose public names in ``modules`` (name -> module
+    that defines it) are imported on first access, keeping those modules out of ``import package``.
+
+    Use as ``__getattr__, __dir__ = names_on_access(__name__, {...})``; a name once imported is stored in the package.
+    """
+
+    def get_name(name: str) -> Any:
+        module = modules.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def list_names() -> list[str]:
+        return sorted({*vars(sys.modules[package]), *modules})
+
+    return get_name, list_names
