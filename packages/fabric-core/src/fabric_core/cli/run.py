@@ -22,7 +22,6 @@ node sent no report: it was lost), so the node whose processes only lost their p
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,13 +100,13 @@ def _bad(param: str, message: str) -> click.BadParameter:
 @click.option(
     "--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, help="Restarts after a failure."
 )
-def run(script_args: tuple[str, ...], module: str | None, **options: Any) -> None:
+def run(script_args: tuple[str, ...], module: str | None, **options: Any) -> int:
     """Run SCRIPT (or -m MODULE) with its arguments in one process per device and node.
 
     Options may come before or after SCRIPT; put `--` before script arguments that share a name with an option.
     """
     config = build_run_config(script_args, module, **options)
-    sys.exit(launch(config))
+    return launch(config)
 
 
 def build_run_config(
