@@ -18,6 +18,7 @@ import pathlib
 import re
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 
 import nox
@@ -76,13 +77,21 @@ DISCARD_ENV = "NOX_DISCARD_VENVS"
 
 
 def disposable(func: Callable[..., None]) -> Callable[..., None]:
-    """Session body whose venv is deleted afterwards (pass or fail) when ``DISCARD_ENV`` is set to 1."""
+    """Session body whose venv is deleted afterwards (pass or fail) when ``DISCARD_ENV`` is set to 1.
+
+    Its processes get a temporary folder of their own (``TMPDIR``, a short path under the system's), deleted when the
+    session ends: what tests and the tools they start leave there (torch's ``torchelastic_*`` log folders, trackers'
+    files) does not pile up on the machine from run to run.
+    """
 
     @functools.wraps(func)
     def body(session: nox.Session, **kwargs: object) -> None:
+        scratch = tempfile.mkdtemp(prefix="fabric-nox-")
+        session.env["TMPDIR"] = scratch
         try:
             func(session, **kwargs)
         finally:
+            shutil.rmtree(scratch, ignore_errors=True)
             location = getattr(session.virtualenv, "location", None)
             if os.environ.get(DISCARD_ENV) == "1" and location and os.path.isdir(location):
                 shutil.rmtree(location, ignore_errors=True)
