@@ -78,6 +78,11 @@ def init_process_group(
         timeout=timeout,
         **kwargs,  # type: ignore[arg-type]
     )
+    if dist.get_backend() == "gloo":
+        # every process has finished connecting before any goes on: one that tore its group down at once (a function
+        # that returns right after joining) would otherwise break the connection of a peer still forming it ("Gloo
+        # connectFullMesh failed ... Connection closed by peer"). NCCL connects at the first collective instead.
+        dist.barrier()
     register_exit_teardown()
     report_failures_to_parent(environment.local_rank())  # only in a child of SubprocessScriptLauncher
     return True

@@ -195,7 +195,7 @@ def _rendezvous_facts(strategy: DDPStrategy) -> dict[str, object]:
     import gc
 
     frozen = gc.get_freeze_count()  # before the group forms: what the launcher froze
-    strategy.setup_environment()
+    strategy.setup_environment()  # returns once every process has connected (it ends with a barrier under gloo)
     return {"agent_store": os.environ.get("TORCHELASTIC_USE_AGENT_STORE"), "frozen": frozen}
 
 
