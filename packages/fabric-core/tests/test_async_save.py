@@ -19,6 +19,7 @@ from torch import nn
 
 from fabric_core import Fabric
 from fabric_io import CpuStaging, TorchCheckpointIO
+from fabric_io.shared_staging import SharedStaging
 from fabric_utils import PathLike
 
 
@@ -105,13 +106,14 @@ def test_a_change_of_the_weights_before_their_copy_waits_for_it(
     fabric, model, optimizer = _fabric_and_state()
     state = {"model": model, "optimizer": optimizer, "step": 1}
     fabric.save(tmp_path / "sync.pt", state)
-    copy = CpuStaging.copy
+    for staging in (CpuStaging, SharedStaging):  # the worker's copy, in this process's memory or shared memory
+        copy = staging.copy
 
-    def slow_copy(self: CpuStaging, obj: Any) -> Any:
-        time.sleep(0.3)
-        return copy(self, obj)
+        def slow_copy(self: Any, obj: Any, copy: Any = copy) -> Any:
+            time.sleep(0.3)
+            return copy(self, obj)
 
-    monkeypatch.setattr(CpuStaging, "copy", slow_copy)
+        monkeypatch.setattr(staging, "copy", slow_copy)
     handle = fabric.save(tmp_path / "async.pt", state, asynchronous=True)
     assert handle is not None
     fabric.backward(model(torch.randn(4, 8)).square().mean())

@@ -23,6 +23,7 @@ from fabric_io.filesystem import (
 from fabric_io.sharded import METADATA_FILE, check_sharded_checkpoint, is_sharded_checkpoint, save_sharded_checkpoint
 from fabric_io.sharded_read import load_sharded_checkpoint, read_sharded_metadata
 from fabric_io.torch_io import TorchCheckpointIO, refused_global
+from fabric_io.writer import WRITER_VARIABLE, WriterProcess, writer_process_enabled
 from fabric_utils import names_on_access
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METADATA_FILE",
+    "WRITER_VARIABLE",
     "AsyncCheckpointIO",
     "BackgroundSave",
     "CheckpointIO",
@@ -48,6 +50,7 @@ __all__ = [
     "DeferredCopy",
     "TorchCheckpointIO",
     "UnsafeCheckpointError",
+    "WriterProcess",
     "XLACheckpointIO",
     "atomic_save",
     "check_path",
@@ -68,4 +71,5 @@ __all__ = [
     "save_sharded_checkpoint",
     "stage_on_cpu",
     "trained_storages",
+    "writer_process_enabled",
 ]

@@ -23,7 +23,6 @@ collectives never pair up with each other across processes.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import traceback
@@ -40,6 +39,7 @@ from fabric_io import (
     CpuStaging,
     lower_thread_priority,
     save_sharded_checkpoint,
+    writer_process_enabled,
 )
 from fabric_strategies.base import Strategy
 from fabric_strategies.checkpoint import StateFilter, to_checkpoint
@@ -49,6 +49,7 @@ from fabric_utils import PathLike
 
 if TYPE_CHECKING:
     from fabric_io import DeferredCopy
+    from fabric_io.shared_staging import SharedStaging
     from fabric_strategies.fsdp.base import ShardedStrategy
 
 
@@ -138,6 +139,9 @@ class _Saver:
         self.staging = CpuStaging()  # what is copied before `save` returns
         self.late_staging = CpuStaging()  # parameters and optimizer states, copied by the worker (fabric_io.deferred)
         self.deferred: DeferredCopy | None = None
+        self.shared: tuple[SharedStaging, SharedStaging] | None = None  # the same, in shared memory (writer process)
+        self.writer_group: tuple[Any, ...] | None = None  # (address, port, rank, world size, timeout) of the writers
+        self.writer_store: dist.TCPStore | None = None  # global rank 0: the store of the writers' group
         call_at_exit(_finish_at_exit, weakref.ref(self))
 
     def start(self, pending: BackgroundSave | None, path: PathLike) -> None:
@@ -175,25 +179,61 @@ class _Saver:
         if deferred is not None:
             deferred.release()
 
-    def in_background(
-        self, checkpoint: Any, state: Mapping[str, Any], path: PathLike, write: Callable[[Any], object]
-    ) -> BackgroundSave:
-        """``write(copy)`` in a worker, ``copy`` being a CPU copy of ``checkpoint`` as it is now: its parameters and
-        optimizer states (those of ``state``'s modules and optimizers) copied by the worker first, under a guard
-        that makes training's changes to them wait for that copy (``fabric_io.DeferredCopy``), the rest now."""
+    def in_background(self, checkpoint: Any, state: Mapping[str, Any], path: PathLike, write: _Call) -> BackgroundSave:
+        """``function(copy, *args, **kwargs)`` (``write``) in a worker, ``copy`` being a CPU copy of ``checkpoint`` as
+        it is now: its parameters and optimizer states (those of ``state``'s modules and optimizers) copied by the
+        worker first, under a guard that makes training's changes to them wait for that copy
+        (``fabric_io.DeferredCopy``), the rest now. The worker hands the write to the writer process where it can
+        (``in_process``)."""
         from fabric_io import DeferredCopy, trained_storages  # imported by the first asynchronous save
 
-        deferred, copy = DeferredCopy.start(checkpoint, trained_storages(state), self.staging, self.late_staging)
-        if deferred is None:
-            return BackgroundSave(write, copy, path=os.fspath(path))
+        stagings = self.shared_stagings() if self.in_process(write) else None
+        eager, late = stagings or (self.staging, self.late_staging)
+        deferred, copy = DeferredCopy.start(checkpoint, trained_storages(state), eager, late)
+        group = self.writer_group if stagings is not None else None
         try:
-            save = BackgroundSave(_stage_then_write, deferred, write, path=os.fspath(path), lower_priority=False)
+            save = BackgroundSave(
+                _stage_then_write, deferred, copy, write, stagings, group, path=os.fspath(path), lower_priority=False
+            )
         except BaseException:
-            deferred.staged.set()  # no worker: nothing will copy, nothing must wait
-            deferred.release()
+            if deferred is not None:
+                deferred.staged.set()  # no worker: nothing will copy, nothing must wait
+                deferred.release()
             raise
         self.deferred = deferred
         return save
+
+    def in_process(self, write: _Call) -> bool:
+        """Whether ``write`` runs in the writer process: it is enabled and can run ``write`` (``runs_in_writer``: a
+        ``CheckpointIO`` defined in the training script or holding a lock, or an ``AsyncCheckpointIO``, is written
+        by the worker thread)."""
+        _, args, _ = write
+        if not writer_process_enabled() or any(isinstance(arg, AsyncCheckpointIO) for arg in args):
+            return False
+        from fabric_io.writer import runs_in_writer
+
+        return runs_in_writer(write)
+
+    def shared_stagings(self) -> tuple[SharedStaging, SharedStaging]:
+        if self.shared is None:
+            from fabric_io.shared_staging import SharedStaging
+
+            self.shared = (SharedStaging(), SharedStaging())
+        return self.shared
+
+    def join_writers(self, strategy: ParallelStrategy) -> None:
+        """Give this process's writer the address of the writers' process group (collective the first time, over the
+        checkpoint group: global rank 0 hosts the group's store); the worker makes the writer join it."""
+        if self.writer_group is not None or not (dist.is_available() and dist.is_initialized()):
+            return
+        group = self.checkpoint_group(strategy)
+        address = os.environ.get("MASTER_ADDR", "127.0.0.1")
+        if strategy.global_rank == 0:
+            self.writer_store = dist.TCPStore(address, 0, is_master=True, wait_for_workers=False)
+        found = [(address, self.writer_store.port) if self.writer_store is not None else None]
+        dist.broadcast_object_list(found, src=0, group=group)
+        address, port = found[0]
+        self.writer_group = (address, port, strategy.global_rank, strategy.world_size, strategy.timeout)
 
     def checkpoint_group(self, strategy: ParallelStrategy) -> dist.ProcessGroup | None:
         """The gloo group of the background collectives (collective when it is created), None without a group."""
@@ -211,6 +251,7 @@ class _Saver:
 
 _SAVERS: weakref.WeakKeyDictionary[Strategy, _Saver] = weakref.WeakKeyDictionary()
 _Writer = Callable[..., "BackgroundSave | None"]
+_Call = tuple[Callable[..., object], tuple[Any, ...], dict[str, Any]]  # the write: function(copy, *args, **kwargs)
 
 
 def _background_writer(strategy: Strategy) -> _Writer:
@@ -242,25 +283,43 @@ def _write_file(
     if not strategy.is_global_zero:
         return None
     checkpoint_io = strategy.checkpoint_io
-
-    def write(copy: Any) -> None:
-        _save_file(checkpoint_io, checkpoint_io.save_checkpoint, copy, path)
-
-    return saver.in_background(checkpoint, state, path, write)
+    return saver.in_background(checkpoint, state, path, (_save_through, (checkpoint_io, path), {}))
 
 
-def _stage_then_write(deferred: DeferredCopy, write: Callable[[Any], object]) -> None:
-    """The worker of a save whose copy was deferred: copy (at the caller's priority: training's next optimizer step
-    may be waiting for it), then write at the lower priority of background writes."""
-    copy = deferred.stage()
-    lower_thread_priority()
-    write(copy)
+def _stage_then_write(
+    deferred: DeferredCopy | None,
+    copy: Any,
+    write: _Call,
+    stagings: tuple[SharedStaging, SharedStaging] | None,
+    group: tuple[Any, ...] | None,
+) -> None:
+    """The worker: copy what was deferred (at the caller's priority: training's next optimizer step may be waiting
+    for it), then write: in the writer process, fed from ``stagings``, or here at the lower priority of background
+    writes."""
+    if deferred is not None:
+        copy = deferred.stage()
+    function, args, kwargs = write
+    if stagings is None:
+        lower_thread_priority()
+        function(copy, *args, **kwargs)
+        return
+    from fabric_io.writer import shared_writer
+
+    writer = shared_writer()
+    if group is not None:
+        writer.join_group(*group)
+    writer.run(function, copy, *args, stagings=stagings, **kwargs)
 
 
-def _save_file(checkpoint_io: CheckpointIO, write: Callable[..., object], *args: Any) -> None:
-    """``write(*args)``, which saves through ``checkpoint_io``; with an ``AsyncCheckpointIO`` (a background save of
-    its own), also wait for that to finish."""
-    write(*args)
+def _save_through(
+    copy: Any, checkpoint_io: CheckpointIO, path: PathLike, write: Callable[..., object] | None = None
+) -> None:
+    """``write(checkpoint_io, copy, path)`` (default: ``checkpoint_io.save_checkpoint(copy, path)``); with an
+    ``AsyncCheckpointIO`` (a background save of its own), also wait for that to finish."""
+    if write is None:
+        checkpoint_io.save_checkpoint(copy, path)
+    else:
+        write(checkpoint_io, copy, path)
     if isinstance(checkpoint_io, AsyncCheckpointIO):
         checkpoint_io.wait()
 
@@ -275,13 +334,13 @@ def _write_sharded(
     if full:
         if not strategy.is_global_zero:
             return None
-
-        def write_full(copy: Any) -> None:
-            _save_file(strategy.checkpoint_io, write_file, strategy, copy, path)
-
+        write_full = (_save_through, (strategy.checkpoint_io, path, write_file), {})
         return saver.in_background(checkpoint, state, path, write_full)
-    group = saver.checkpoint_group(strategy)
-    write = functools.partial(save_sharded_checkpoint, path=path, process_group=group)
+    write: _Call = (save_sharded_checkpoint, (), {"path": path})  # the writers' own group
+    if saver.in_process(write):
+        saver.join_writers(strategy)
+    else:
+        write = (save_sharded_checkpoint, (), {"path": path, "process_group": saver.checkpoint_group(strategy)})
     return saver.in_background(checkpoint, state, path, write)
 
 
@@ -304,5 +363,5 @@ def _finish_at_exit(saver_ref: weakref.ref[_Saver]) -> None:
         traceback.print_exception(err, file=sys.stderr)
     finally:
         saver.release()
-        saver.staging.close()
-        saver.late_staging.close()
+        for staging in (saver.staging, saver.late_staging, *(saver.shared or ())):
+            staging.close()

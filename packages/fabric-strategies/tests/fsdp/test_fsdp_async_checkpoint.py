@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fabric_io import CpuStaging, is_sharded_checkpoint
+from fabric_io.shared_staging import SharedStaging
 from fabric_strategies import (
     DDPStrategy,
     FSDPStrategy,
@@ -57,6 +58,14 @@ def _identical(saved: Any, expected: Any) -> bool:
     return bool(saved == expected)
 
 
+def _slowly(copy: Any) -> Any:
+    def slow_copy(self: Any, obj: Any) -> Any:
+        time.sleep(0.3)
+        return copy(self, obj)
+
+    return slow_copy
+
+
 def _async_equals_sync(rank: int, world_size: int, directory: str, kind: str, change: str = "step") -> bool:
     if kind == "ddp":
         strategy: Strategy = DDPStrategy(parallel_devices=[torch.device("cpu")] * world_size, timeout=TIMEOUT)
@@ -69,14 +78,10 @@ def _async_equals_sync(rank: int, world_size: int, directory: str, kind: str, ch
     state = {"model": model, "optimizer": optimizer, "step": 1, "notes": {"losses": [0.5]}}
     synchronous, asynchronous = os.path.join(directory, "sync"), os.path.join(directory, "async")
     save_state(strategy, synchronous, state)
+    copies = {staging: staging.copy for staging in (CpuStaging, SharedStaging)}
     if change == "in place":  # the worker copies the shards slowly: changing them in place must wait for it
-        copy = CpuStaging.copy
-
-        def slow_copy(self: CpuStaging, obj: Any) -> Any:
-            time.sleep(0.3)
-            return copy(self, obj)
-
-        CpuStaging.copy = slow_copy  # type: ignore[method-assign]
+        for staging, copy in copies.items():
+            staging.copy = _slowly(copy)  # type: ignore[method-assign]
     handle = save_state(strategy, asynchronous, state, asynchronous=True)
     assert handle is not None
     if change == "in place":
@@ -84,7 +89,8 @@ def _async_equals_sync(rank: int, world_size: int, directory: str, kind: str, ch
             for parameter in model.parameters():  # DTensors: the guard sees the writes to their local shards
                 parameter.mul_(0)
         assert handle.waited > 0.1
-        CpuStaging.copy = copy  # type: ignore[method-assign]
+        for staging, copy in copies.items():
+            staging.copy = copy  # type: ignore[method-assign]
     else:
         _step(strategy, model, optimizer)  # right after the call returned: the weights change in place
     state["notes"]["losses"].append(0.25)

@@ -12,8 +12,9 @@ import torch.distributed as dist
 
 # Threads that libraries start once and keep for the life of the process; not a leak.
 _LONG_LIVED_THREAD_PREFIXES = ("pytest_timeout", "ThreadPoolExecutor", "Dummy-", "asyncio_", "fsspecIO", "IO loop")
-# Helper processes that multiprocessing starts once and keeps for the life of the process; not a leak.
-_LONG_LIVED_PROCESS_MARKERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+# Helper processes started once and kept for the life of the process (multiprocessing's, and the writer process of
+# asynchronous saves, closed at exit); not a leak.
+_LONG_LIVED_PROCESS_MARKERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "fabric_io.writer")
 
 # Variables that are not a test's doing: pytest rewrites PYTEST_CURRENT_TEST in every test, and torch records its
 # compiler caches and profiler settings in the environment the first time they are used, for the whole process.

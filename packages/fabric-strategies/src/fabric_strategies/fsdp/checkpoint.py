@@ -24,6 +24,7 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_io import (
+    CheckpointIO,
     is_remote_path,
     is_sharded_checkpoint,
     load_sharded_checkpoint,
@@ -116,7 +117,7 @@ def save(strategy: ShardedStates, path: PathLike, state: Mapping[str, Any], filt
         save_sharded_checkpoint(converted, path)
         return
     if strategy.is_global_zero:
-        write_file(strategy, converted, path)  # the strategy's save_checkpoint waits for it on every rank
+        write_file(strategy.checkpoint_io, converted, path)  # the strategy's save_checkpoint waits for it on every rank
 
 
 def to_sharded_checkpoint(
@@ -142,11 +143,12 @@ def to_sharded_checkpoint(
     return converted, full
 
 
-def write_file(strategy: ShardedStates, checkpoint: dict[str, Any], path: PathLike) -> None:
-    """Write a full checkpoint file; an existing sharded directory at ``path`` is replaced only once it is written."""
+def write_file(checkpoint_io: CheckpointIO, checkpoint: dict[str, Any], path: PathLike) -> None:
+    """Write a full checkpoint file through ``checkpoint_io``; an existing sharded directory at ``path`` is replaced
+    only once it is written."""
     target = os.fspath(path)
     if is_remote_path(path) or not os.path.isdir(target):
-        strategy.checkpoint_io.save_checkpoint(checkpoint, path)
+        checkpoint_io.save_checkpoint(checkpoint, path)
         return
     if os.listdir(target) and not is_sharded_checkpoint(target):
         raise ValueError(
@@ -156,7 +158,7 @@ def write_file(strategy: ShardedStates, checkpoint: dict[str, Any], path: PathLi
     parent, name = os.path.split(os.path.abspath(target))
     staged = os.path.join(parent, f".{name}.{uuid.uuid4().hex}.tmp")
     previous = os.path.join(parent, f".{name}.{uuid.uuid4().hex}.old")
-    strategy.checkpoint_io.save_checkpoint(checkpoint, staged)
+    checkpoint_io.save_checkpoint(checkpoint, staged)
     os.rename(target, previous)
     os.replace(staged, target)
     shutil.rmtree(previous)
