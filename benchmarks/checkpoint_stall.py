@@ -43,7 +43,7 @@ def stall(reps: int, work: Path, *, sharded: bool) -> dict[str, Any] | None:
         if sharded:
             dist.barrier()
 
-    def window(side: str, rep: int) -> tuple[float, float, float, float, float]:
+    def window(side: str, rep: int) -> tuple[float, float, float, float, float, float]:
         model, optimizer = sides[side]
         sync_all()
         idle_before, cpu_before = _idle_jiffies(), time.process_time()
@@ -60,21 +60,23 @@ def stall(reps: int, work: Path, *, sharded: bool) -> dict[str, Any] | None:
                     paths[side], {"model": model, "optimizer": optimizer, "rep": rep}, asynchronous=side == "async"
                 )
                 call = time.perf_counter() - called
-        waited = 0.0
+        waited = final = 0.0
         if handle is not None:
+            ended = time.perf_counter()
             handle.wait()
+            final = time.perf_counter() - ended  # the write not done by the end of the window
             waited = handle.waited  # training's wait for the deferred copy (in the next optimizer step)
         sync_all()
         elapsed = time.perf_counter() - start
         idle = _idle_share(idle_before, _idle_jiffies(), elapsed)
-        return elapsed, call, time.process_time() - cpu_before, idle, waited
+        return elapsed, call, time.process_time() - cpu_before, idle, waited, final
 
     samples: dict[str, list[float]] = {f"{side} {what}": [] for side in SIDES for what in ("window", "cpu", "idle")}
-    samples.update({"sync call": [], "async call": [], "async waited": []})
+    samples.update({"sync call": [], "async call": [], "async waited": [], "async final wait": []})
     for rep in range(reps + 1):  # the first repetition is a warm-up (fresh files, first imports), not recorded
         order = SIDES[rep % 3 :] + SIDES[: rep % 3]
         for side in order:
-            elapsed, call, cpu, idle, waited = window(side, rep)
+            elapsed, call, cpu, idle, waited, final = window(side, rep)
             if rep:
                 samples[f"{side} window"].append(elapsed)
                 samples[f"{side} cpu"].append(cpu)
@@ -83,6 +85,7 @@ def stall(reps: int, work: Path, *, sharded: bool) -> dict[str, Any] | None:
                     samples[f"{side} call"].append(call)
                 if side == "async":
                     samples["async waited"].append(waited)
+                    samples["async final wait"].append(final)
     identical = _compare(fabric, sides, paths, sharded)
     if sharded:
         fabric.strategy.teardown()

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from fabric_core import Fabric
-from fabric_io import CpuStaging, TorchCheckpointIO
-from fabric_io.shared_staging import SharedStaging
+from fabric_io import WRITER_VARIABLE, CpuStaging, SharedStaging, TorchCheckpointIO
 from fabric_utils import PathLike
 
 
@@ -95,6 +94,32 @@ def test_the_file_equals_a_synchronous_save_and_later_changes_do_not_reach_it(tm
     expected = torch.load(tmp_path / "sync.pt", weights_only=True)
     assert_identical(torch.load(tmp_path / "async.pt", weights_only=True), expected)
     assert not torch.equal(model.state_dict()["0.weight"], expected["model"]["0.weight"]), "training went on"
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_the_default_checkpoint_io_writes_in_the_writer_process_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    monkeypatch.setenv(WRITER_VARIABLE, writer)
+    fabric, model, optimizer = _fabric_and_state()
+    state = {"model": model, "optimizer": optimizer, "step": 1}
+    fabric.save(tmp_path / "sync.pt", state)
+
+    def here(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("written in the training process")
+
+    # the writer process imports TorchCheckpointIO afresh: this patch does not reach it
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", here)
+    handle = fabric.save(tmp_path / "async.pt", state, asynchronous=True)
+    assert handle is not None
+    _train(fabric, model, optimizer)
+    if writer == "thread":
+        with pytest.raises(AssertionError, match="written in the training process"):
+            handle.wait()
+        return
+    handle.wait()
+    expected = torch.load(tmp_path / "sync.pt", weights_only=True)
+    assert_identical(torch.load(tmp_path / "async.pt", weights_only=True), expected)
 
 
 @pytest.mark.parametrize("change", ["optimizer step", "in place", "through .data"])
@@ -192,7 +217,9 @@ class SlowCheckpointIO(TorchCheckpointIO):
         time.sleep(1.0)
         super().save_checkpoint(checkpoint, path, storage_options)
 
-fabric = Fabric(accelerator="cpu", devices=1, plugins=[SlowCheckpointIO()])
+# "writer": the default CheckpointIO, written by the writer process; else this script's, written by a thread
+plugins = [] if sys.argv[2] == "writer" else [SlowCheckpointIO()]
+fabric = Fabric(accelerator="cpu", devices=1, plugins=plugins)
 fabric.launch()
 weights = torch.arange(1000.0)
 target = sys.argv[1] + "/last.pt"
@@ -205,7 +232,7 @@ print("script ended", flush=True)
 """
 
 
-@pytest.mark.parametrize("outcome", ["ok", "fail"])
+@pytest.mark.parametrize("outcome", ["ok", "writer", "fail"])
 def test_exit_with_a_save_in_flight_finishes_it_or_reports_its_error(tmp_path: Path, outcome: str) -> None:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(_EXIT_SCRIPT))
@@ -214,7 +241,7 @@ def test_exit_with_a_save_in_flight_finishes_it_or_reports_its_error(tmp_path: P
     )
     assert result.returncode == 0, result.stderr
     assert "script ended" in result.stdout
-    if outcome == "ok":
+    if outcome != "fail":
         saved = torch.load(tmp_path / "last.pt", weights_only=True)
         assert saved["step"] == 5
         assert torch.equal(saved["weights"], torch.arange(1000.0))

@@ -9,13 +9,16 @@ import fabric_io
 
 PUBLIC = [
     "METADATA_FILE",
+    "WRITER_VARIABLE",
     "AsyncCheckpointIO",
     "BackgroundSave",
     "CheckpointIO",
     "CpuStaging",
     "DeferredCopy",
+    "SharedStaging",
     "TorchCheckpointIO",
     "UnsafeCheckpointError",
+    "WriterProcess",
     "XLACheckpointIO",
     "atomic_save",
     "check_path",
@@ -33,9 +36,12 @@ PUBLIC = [
     "refused_global",
     "remove_path",
     "resolve_inside",
+    "runs_in_writer",
     "save_sharded_checkpoint",
+    "shared_writer",
     "stage_on_cpu",
     "trained_storages",
+    "writer_process_enabled",
 ]
 
 

@@ -22,8 +22,9 @@ from fabric_io.filesystem import (
 )
 from fabric_io.sharded import METADATA_FILE, check_sharded_checkpoint, is_sharded_checkpoint, save_sharded_checkpoint
 from fabric_io.sharded_read import load_sharded_checkpoint, read_sharded_metadata
+from fabric_io.shared_staging import SharedStaging
 from fabric_io.torch_io import TorchCheckpointIO, refused_global
-from fabric_io.writer import WRITER_VARIABLE, WriterProcess, writer_process_enabled
+from fabric_io.writer import WRITER_VARIABLE, WriterProcess, runs_in_writer, shared_writer, writer_process_enabled
 from fabric_utils import names_on_access
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ __all__ = [
     "CheckpointIO",
     "CpuStaging",
     "DeferredCopy",
+    "SharedStaging",
     "TorchCheckpointIO",
     "UnsafeCheckpointError",
     "WriterProcess",
@@ -68,7 +70,9 @@ __all__ = [
     "refused_global",
     "remove_path",
     "resolve_inside",
+    "runs_in_writer",
     "save_sharded_checkpoint",
+    "shared_writer",
     "stage_on_cpu",
     "trained_storages",
     "writer_process_enabled",

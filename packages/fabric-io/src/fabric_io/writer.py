@@ -260,12 +260,22 @@ def _portable(err: BaseException) -> BaseException:
         return RuntimeError(f"The checkpoint writer process raised:\n{text}")
 
 
-def main(fd: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: finish the save
+def _run_on_idle_cpu() -> None:
+    """Give this process the CPU only when nothing else wants it (Linux ``SCHED_IDLE``; elsewhere ``nice``)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        pass
     try:
         os.nice(BACKGROUND_NICENESS)
     except OSError:
-        pass
+        return
+
+
+def main(fd: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: finish the save
+    _run_on_idle_cpu()
     import torch
 
     torch.set_num_threads(1)

@@ -37,8 +37,11 @@ from fabric_io import (
     BackgroundSave,
     CheckpointIO,
     CpuStaging,
+    SharedStaging,
     lower_thread_priority,
+    runs_in_writer,
     save_sharded_checkpoint,
+    shared_writer,
     writer_process_enabled,
 )
 from fabric_strategies.base import Strategy
@@ -49,7 +52,6 @@ from fabric_utils import PathLike
 
 if TYPE_CHECKING:
     from fabric_io import DeferredCopy
-    from fabric_io.shared_staging import SharedStaging
     from fabric_strategies.fsdp.base import ShardedStrategy
 
 
@@ -210,14 +212,10 @@ class _Saver:
         _, args, _ = write
         if not writer_process_enabled() or any(isinstance(arg, AsyncCheckpointIO) for arg in args):
             return False
-        from fabric_io.writer import runs_in_writer
-
         return runs_in_writer(write)
 
     def shared_stagings(self) -> tuple[SharedStaging, SharedStaging]:
         if self.shared is None:
-            from fabric_io.shared_staging import SharedStaging
-
             self.shared = (SharedStaging(), SharedStaging())
         return self.shared
 
@@ -303,8 +301,6 @@ def _stage_then_write(
         lower_thread_priority()
         function(copy, *args, **kwargs)
         return
-    from fabric_io.writer import shared_writer
-
     writer = shared_writer()
     if group is not None:
         writer.join_group(*group)

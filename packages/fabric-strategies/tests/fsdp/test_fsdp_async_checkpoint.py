@@ -14,8 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from fabric_io import CpuStaging, is_sharded_checkpoint
-from fabric_io.shared_staging import SharedStaging
+from fabric_io import CpuStaging, SharedStaging, is_sharded_checkpoint
 from fabric_strategies import (
     DDPStrategy,
     FSDPStrategy,
