@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +133,18 @@ def test_the_writer_variable_chooses_and_a_bad_value_names_the_choices(monkeypat
     monkeypatch.setenv(WRITER_VARIABLE, "fork")
     with pytest.raises(ValueError, match=r"FABRIC_CHECKPOINT_WRITER='fork'.*'process'.*'thread'"):
         writer_process_enabled()
+
+
+def test_close_ends_the_writer_while_a_forked_process_still_holds_its_socket(writer: WriterProcess) -> None:
+    child = os.fork()  # like a DataLoader worker started after the first asynchronous save
+    if child == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        started = time.monotonic()
+        writer.close(timeout=20)
+        assert not writer.alive()
+        assert time.monotonic() - started < 10, "the writer saw its socket shut down"
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

@@ -17,6 +17,7 @@ are rebuilt there on meshes of the same ranks.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.machinery
 import io
 import os
@@ -163,6 +164,10 @@ class WriterProcess:
         """Let the writer exit (it finishes a call in flight first); kill it after ``timeout`` seconds."""
         with self._lock:
             try:
+                # shut down, not only closed: a process forked from this one (a DataLoader worker) may hold a copy
+                # of the socket, which would keep the writer waiting for the next request
+                with contextlib.suppress(OSError):
+                    self._connection.shutdown(socket.SHUT_RDWR)
                 self._connection.close()
                 self._process.wait(timeout)
             except subprocess.TimeoutExpired:
