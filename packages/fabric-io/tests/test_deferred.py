@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from fabric_io import CpuStaging, DeferredCopy, trained_storages
+from fabric_io import CpuStaging, DeferredCopy, SharedStaging, trained_storages
+from fabric_io.shared_staging import shared_staging_available
 
 DELAY = 0.4
 
@@ -181,11 +182,15 @@ def test_everything_is_copied_at_once_without_trained_tensors_or_under_another_t
     assert torch._C._len_torch_function_stack() == 0
 
 
-def test_an_uncopyable_object_raises_before_anything_is_deferred() -> None:
+@pytest.mark.parametrize(
+    "staging",
+    [CpuStaging, pytest.param(SharedStaging, marks=pytest.mark.skipif(not shared_staging_available(), reason="Linux"))],
+)
+def test_an_uncopyable_object_raises_before_anything_is_deferred(staging: type) -> None:
     model, _optimizer = _trained()
     with pytest.raises(TypeError, match="Could not copy the state"):
         DeferredCopy.start(
-            {"model": model.state_dict(), "lock": threading.Lock()}, trained_storages(model), CpuStaging(), CpuStaging()
+            {"model": model.state_dict(), "lock": threading.Lock()}, trained_storages(model), staging(), staging()
         )
     assert torch._C._len_torch_function_stack() == 0, "no guard was left behind"
 

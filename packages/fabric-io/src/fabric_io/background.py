@@ -28,6 +28,19 @@ def stage_on_cpu(state: Any) -> Any:
         staging.close()
 
 
+UNCOPYABLE = (TypeError, AttributeError, RuntimeError)
+"""What copying an object that cannot be copied raises (``copy.deepcopy`` of a lock, a generator, ...)."""
+
+
+def uncopyable_error(err: BaseException) -> TypeError:
+    """The error of a staging copy that failed with ``err``: what to save instead."""
+    return TypeError(
+        f"Could not copy the state to save it in the background ({type(err).__name__}: {err}). An asynchronous"
+        " save copies every object of the state before it returns; save objects that can be copied (tensors,"
+        " containers, numbers, strings), or save synchronously."
+    )
+
+
 class CpuStaging:
     """Copies states to CPU memory like ``stage_on_cpu``, keeping that memory for the next copy of the same tensors.
 
@@ -51,12 +64,8 @@ class CpuStaging:
             self._stager = DefaultStager(options)
         try:
             return self._stager.stage(state)
-        except (TypeError, AttributeError, RuntimeError) as err:
-            raise TypeError(
-                f"Could not copy the state to save it in the background ({type(err).__name__}: {err}). An"
-                " asynchronous save copies every object of the state before it returns; save objects that can be"
-                " copied (tensors, containers, numbers, strings), or save synchronously."
-            ) from err
+        except UNCOPYABLE as err:
+            raise uncopyable_error(err) from err
 
     def close(self) -> None:
         if self._stager is not None:

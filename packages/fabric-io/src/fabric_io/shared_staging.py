@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from fabric_io.background import UNCOPYABLE, uncopyable_error
+
 ALIGNMENT = 64
 """Byte alignment of each storage in the shared file (as in ``torch.save``'s archives)."""
 
@@ -113,6 +115,13 @@ class SharedStaging:
         self._regions: dict[int, tuple[int, torch.UntypedStorage]] = {}  # source address -> (offset, copy)
 
     def copy(self, state: Any) -> Any:
+        """A copy of ``state`` in the shared file; raises ``TypeError`` naming an object that cannot be copied."""
+        try:
+            return self._copy(state)
+        except UNCOPYABLE as err:
+            raise uncopyable_error(err) from err
+
+    def _copy(self, state: Any) -> Any:
         sources: dict[int, torch.UntypedStorage] = {}
         for tensor in _tensors(state):
             storage = tensor.untyped_storage()
