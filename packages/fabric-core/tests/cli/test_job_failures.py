@@ -23,7 +23,7 @@ def test_each_node_gets_the_reports_of_all_nodes_in_the_order_they_were_posted()
         store = host if rank == 0 else connect_store("127.0.0.1", port)
         results[rank] = exchange_reports(store, rank, 3, [f"rank {rank * 2} failed with exit code {rank}"], grace=10)
 
-    threads = [threading.Thread(target=node, args=(rank, delay)) for rank, delay in ((0, 0.4), (1, 0.0), (2, 0.2))]
+    threads = [threading.Thread(target=node, args=(rank, delay)) for rank, delay in ((0, 1.2), (1, 0.0), (2, 0.6))]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -21,7 +21,7 @@ from fabric_strategies.launchers import (
     SubprocessScriptLauncher,
 )
 from fabric_strategies.parallel import ParallelStrategy
-from fabric_strategies.process_group import DEFAULT_TIMEOUT, default_process_group_backend
+from fabric_strategies.process_group import DEFAULT_TIMEOUT, default_process_group_backend, start_store_server
 from fabric_strategies.registry import STRATEGY_REGISTRY, resolve_strategy_name
 from fabric_strategies.shared_filesystem import is_shared_filesystem
 from fabric_strategies.single_device import SingleDeviceStrategy
@@ -101,6 +101,7 @@ __all__ = [
     "release_ddp_wrapper",
     "resolve_strategy_name",
     "save_state",
+    "start_store_server",
     "unwrap_module",
     "wait_for_saves",
 ]

@@ -47,6 +47,7 @@ from fabric_io import (
 from fabric_strategies.base import Strategy
 from fabric_strategies.checkpoint import StateFilter, to_checkpoint
 from fabric_strategies.parallel import ParallelStrategy
+from fabric_strategies.process_group import start_store_server
 from fabric_strategies.teardown import call_at_exit
 from fabric_utils import PathLike
 
@@ -227,7 +228,7 @@ class _Saver:
         group = self.checkpoint_group(strategy)
         address = os.environ.get("MASTER_ADDR", "127.0.0.1")
         if strategy.global_rank == 0:
-            self.writer_store = dist.TCPStore(address, 0, is_master=True, wait_for_workers=False)
+            self.writer_store = start_store_server(address, timeout=strategy.timeout)
         found = [(address, self.writer_store.port) if self.writer_store is not None else None]
         dist.broadcast_object_list(found, src=0, group=group)
         address, port = found[0]

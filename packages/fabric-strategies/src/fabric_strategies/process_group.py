@@ -36,6 +36,16 @@ def check_backend(backend: str) -> str:
     raise ValueError(f"Unknown process_group_backend {backend!r}. Choose one of: {', '.join(known)}")
 
 
+def start_store_server(
+    address: str, port: int = 0, *, timeout: timedelta = DEFAULT_TIMEOUT, multi_tenant: bool = False
+) -> Any:
+    """A TCPStore server at ``address:port`` (port 0: a free one, which the store's ``port`` tells), not waiting for
+    clients. Raises what TCPStore raises (``RuntimeError``, ``OSError``): each caller says whose store failed."""
+    return dist.TCPStore(
+        address, port, is_master=True, wait_for_workers=False, timeout=timeout, multi_tenant=multi_tenant
+    )
+
+
 def host_store(environment: ClusterEnvironment) -> Any:
     """Start the store (a TCPStore server) through which the processes of ``environment`` form their group.
 
@@ -46,7 +56,7 @@ def host_store(environment: ClusterEnvironment) -> Any:
         return None
     address, port = environment.main_address, environment.main_port
     try:
-        return dist.TCPStore(address, port, is_master=True, wait_for_workers=False, timeout=DEFAULT_TIMEOUT)
+        return start_store_server(address, port)
     except (RuntimeError, OSError) as err:
         raise RuntimeError(
             f"Cannot start the store of the process group at {address}:{port} (MASTER_ADDR:MASTER_PORT): {err}."

@@ -26,7 +26,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from torch.distributed import PrefixStore, TCPStore
+from torch.distributed import PrefixStore
 from torch.distributed.elastic.rendezvous import (
     RendezvousConnectionError,
     RendezvousHandler,
@@ -61,8 +61,10 @@ def create_handler(params: RendezvousParameters) -> RendezvousHandler:
 
 def start_store(address: str, port: int = 0, *, purpose: str = "the store of the processes") -> Any:
     """Start a TCPStore server on ``port`` (0: any free port); a failure is a ``RendezvousConnectionError``."""
+    from fabric_strategies.process_group import start_store_server
+
     try:
-        return TCPStore(address, port, is_master=True, wait_for_workers=False, timeout=_STORE_TIMEOUT)
+        return start_store_server(address, port, timeout=_STORE_TIMEOUT)
     except (RuntimeError, OSError) as err:
         where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         raise RendezvousConnectionError(f"cannot start {purpose} on {where}: {err}") from err

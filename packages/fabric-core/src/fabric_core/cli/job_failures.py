@@ -34,9 +34,9 @@ class NodeReport:
 
 def host_store(address: str, port: int) -> Any:
     """The rendezvous store of the job, hosted by node 0's ``fabric run`` (torchrun's rendezvous shares it)."""
-    from torch.distributed import TCPStore
+    from fabric_strategies.process_group import start_store_server
 
-    return TCPStore(address, port, is_master=True, multi_tenant=True, wait_for_workers=False, timeout=_CONNECT_TIMEOUT)
+    return start_store_server(address, port, timeout=_CONNECT_TIMEOUT, multi_tenant=True)
 
 
 def connect_store(address: str, port: int) -> Any | None:
