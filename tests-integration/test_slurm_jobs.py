@@ -8,7 +8,6 @@ docs/guide/launching.md shows (``test_the_guide_shows_these_scripts`` keeps them
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -25,8 +24,8 @@ from fabric_testing import SlurmCluster
 SCRIPTS = Path(__file__).parent / "scripts"
 TRAIN, JOB = SCRIPTS / "slurm_train.py", SCRIPTS / "slurm_job.sh"
 GUIDE = Path(__file__).parents[1] / "docs" / "guide" / "launching.md"
-STEPS = 160
-STEP_TIME = "0.5"  # 80 s of training: the warning comes within about 65 s of its start
+STEPS = 90
+STEP_TIME = "0.5"  # 45 s of training: the warning comes within about 31 s of its start
 
 
 def job_folder(helpers: Any, cluster: SlurmCluster, folder: Path) -> dict[str, str]:
@@ -90,11 +89,13 @@ def test_a_warned_job_saves_is_requeued_and_resumes_bit_identically(
     exits, and the job file requeues the job. The second run resumes from the checkpoint and ends with the weights of
     the uninterrupted srun run.
 
-    Slurm looks at time limits every 30 s and may warn up to 60 s earlier than asked, so a 1-minute job can be
-    warned at its first check, while its tasks still start (they would die of SIGUSR1's default action). The job
-    therefore starts with 5 minutes; once training runs, its limit becomes the next whole minute at least 35 s
-    away (1 minute, as in the job file, unless the tasks took over 25 s to start): the warning comes at one of the
-    next two checks, and the end at least one check later. The second run gets 5 minutes and is not warned.
+    Slurm looks at time limits every 30 s and warns once the limit is less than 60 s away (the 30 s asked for plus
+    one check), so a 1-minute job is warned at its first check, maybe while its tasks still start (they would die
+    of SIGUSR1's default action). The job therefore starts with 5 minutes; once training runs, its limit becomes
+    the next whole minute (1 minute, as in the job file, unless the tasks took a minute to start): the warning
+    comes at the next check, within 30 s. The test cluster ends a job one minute after its limit
+    (``OverTimeLimit=1``), so the end comes at least one check after the warning. The second run gets 5 minutes
+    and is not warned.
     """
     env = job_folder(helpers, slurm_cluster, tmp_path)
     args = ["--steps", str(STEPS), "--step-time", STEP_TIME, "--report", "reports"]
@@ -105,7 +106,7 @@ def test_a_warned_job_saves_is_requeued_and_resumes_bit_identically(
         assert time.monotonic() < deadline, f"training did not start within 180 s: {slurm_cluster.job(job_id)}"
         time.sleep(0.2)
     running = seconds(slurm_cluster.job(job_id)["RunTime"])
-    slurm_cluster.command("scontrol", "update", f"jobid={job_id}", f"TimeLimit={math.ceil((running + 35) / 60)}")
+    slurm_cluster.command("scontrol", "update", f"jobid={job_id}", f"TimeLimit={running // 60 + 1}")
     fields = slurm_cluster.wait(job_id, states=("PENDING", "COMPLETED", "FAILED", "TIMEOUT"), timeout=180)
     assert (fields["JobState"], fields["Restarts"]) == ("PENDING", "1"), log.read_text()
     slurm_cluster.command("scontrol", "update", f"jobid={job_id}", "TimeLimit=5")

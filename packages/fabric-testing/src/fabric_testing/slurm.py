@@ -71,6 +71,7 @@ SlurmdParameters=config_overrides
 MpiDefault=none
 ReturnToService=2
 KillWait=5
+OverTimeLimit=1
 MinJobAge=600
 InactiveLimit=0
 PropagateResourceLimits=NONE
@@ -174,8 +175,11 @@ def start_slurm_cluster(directory: str | os.PathLike[str], *, cpus: int = 8) -> 
 
     The node offers ``cpus`` CPUs whatever the machine has (``SlurmdParameters=config_overrides``), so that several
     tasks fit on a small machine. ``AuthInfo=cred_expire=10`` and a scheduler pass every 2 s let a requeued job
-    start again about 12 s after the requeue (Slurm's defaults wait 2 minutes or more). Skips the test, with the
-    reason, where no cluster can start (see :func:`missing_slurm`).
+    start again about 12 s after the requeue (Slurm's defaults wait 2 minutes or more). ``OverTimeLimit=1`` ends a
+    job one minute after its time limit instead of at it: a test can lower a running job's limit so that the
+    warning of ``--signal`` comes at slurmctld's next time-limit check (every 30 s) and still leave the job a whole
+    check to save and requeue. Skips the test, with the reason, where no cluster can start (see
+    :func:`missing_slurm`).
     """
     reason = missing_slurm()
     if reason is not None:
