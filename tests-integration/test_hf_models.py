@@ -16,9 +16,11 @@ import torch
 
 from fabric_core import Fabric
 from fabric_strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-from fabric_testing import RunIf, run_processes
+from fabric_testing import RunIf, preload_in_fork_server, run_processes
 
 transformers = pytest.importorskip("transformers")
+# every process builds these models: the fork server imports their code once (about 3 s of CPU per process)
+preload_in_fork_server("transformers.models.llama.modeling_llama", "transformers.models.gpt2.modeling_gpt2")
 
 STEPS = 3
 BATCH, SEQUENCE = 4, 16

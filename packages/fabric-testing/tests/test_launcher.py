@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from fabric_testing import DistributedTestError, destroy_process_group_cleanly, find_free_port, run_processes
+from fabric_testing import (
+    DistributedTestError,
+    destroy_process_group_cleanly,
+    find_free_port,
+    preload_in_fork_server,
+    run_processes,
+)
 
 
 def all_reduce_rank(rank: int, world_size: int, scale: float, *, offset: float = 0.0) -> dict[str, object]:
@@ -196,3 +205,42 @@ def test_destroy_process_group_cleanly() -> None:
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     destroy_process_group_cleanly()
     assert not dist.is_initialized()
+
+
+PRELOAD_PROBE = """
+import sys
+from fabric_testing import preload_in_fork_server, run_processes
+from probe import imported
+
+preload_in_fork_server("xml.dom.minidom", "no_such_module_anywhere")
+print(run_processes(imported, "xml.dom.minidom", world_size=1, init_process_group=False))
+try:
+    preload_in_fork_server("json")
+except RuntimeError as err:
+    print("RuntimeError:", err)
+"""
+
+
+def test_the_fork_server_imports_what_is_preloaded_once_for_every_process(tmp_path: Path) -> None:
+    """In a fresh interpreter (this one's fork server may run already): the processes find the module imported, a
+    module that is not installed is left out, and asking after the server started is an error."""
+    (tmp_path / "probe.py").write_text(
+        "import sys\n\ndef imported(rank, world_size, name):\n    return name in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", PRELOAD_PROBE], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "[True]", done.stdout
+    assert lines[1].startswith("RuntimeError: the fork server already runs"), done.stdout
+
+
+def test_without_preloading_the_processes_import_only_what_they_use() -> None:
+    assert run_processes(imported, "xml.dom.minidom", world_size=1, init_process_group=False) == [False]
+    with pytest.raises(RuntimeError, match="call preload_in_fork_server"):
+        preload_in_fork_server("xml.dom.minidom")
+
+
+def imported(rank: int, world_size: int, name: str) -> bool:
+    return name in sys.modules

@@ -22,6 +22,7 @@ EXPECTED = [
     "child_pids",
     "destroy_process_group_cleanly",
     "find_free_port",
+    "preload_in_fork_server",
     "run_processes",
     "small_filesystem",
     "start_mlflow_server",

@@ -6,6 +6,7 @@ from fabric_testing.launcher import (
     DistributedTestError,
     destroy_process_group_cleanly,
     find_free_port,
+    preload_in_fork_server,
     run_processes,
 )
 from fabric_testing.mlflow_server import MlflowServer, start_mlflow_server
@@ -32,6 +33,7 @@ __all__ = [
     "child_pids",
     "destroy_process_group_cleanly",
     "find_free_port",
+    "preload_in_fork_server",
     "run_processes",
     "small_filesystem",
     "start_mlflow_server",

@@ -18,8 +18,9 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT = 120.0
-# what the fork server imports once for every process it starts
+# what the fork server imports once for every process it starts (preload_in_fork_server adds to it)
 PRELOAD = ["torch", "torch.distributed"]
+_server_started = False
 # after the first rank fails, how long the others get to finish or report their own error before they are stopped
 FAILURE_GRACE = 3.0
 
@@ -30,6 +31,19 @@ class DistributedTestError(AssertionError):
     def __init__(self, message: str, errors: dict[int, str] | None = None) -> None:
         super().__init__(message)
         self.errors = dict(errors or {})
+
+
+def preload_in_fork_server(*modules: str) -> None:
+    """Have the fork server of :func:`run_processes` import ``modules`` once, besides torch, when it starts.
+
+    A module that every process of a test suite imports (Hugging Face ``transformers``' model code, ``deepspeed``:
+    seconds of CPU each) is then imported once instead of once per process. Call it before the first run with the
+    default start method, for example when a test module or ``conftest.py`` is imported; a module that is not
+    installed is left out. Raises ``RuntimeError`` once the server runs (its imports are fixed then).
+    """
+    if _server_started:
+        raise RuntimeError(f"the fork server already runs: call preload_in_fork_server{modules} before the first run")
+    PRELOAD.extend(module for module in modules if module not in PRELOAD)
 
 
 def find_free_port() -> int:
@@ -162,13 +176,16 @@ def run_processes(
 
     The default, "forkserver", forks each process from a server that has imported torch once (the first call starts
     it): a process is ready in a fraction of a second instead of importing torch again (about 2 s of CPU each).
+    :func:`preload_in_fork_server` adds other modules that the processes import.
     "spawn" starts each from a new interpreter, as ``torch.multiprocessing.spawn`` does.
     """
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
     ctx: Any = mp.get_context(start_method)
     if start_method == "forkserver":
+        global _server_started
         ctx.set_forkserver_preload(PRELOAD)  # takes effect when the server starts
+        _server_started = True
     port = find_free_port()
     env = dict(os.environ)
     procs: list[Any] = []
