@@ -61,7 +61,7 @@ def create_handler(params: RendezvousParameters) -> RendezvousHandler:
 
 def start_store(address: str, port: int = 0, *, purpose: str = "the store of the processes") -> Any:
     """Start a TCPStore server on ``port`` (0: any free port); a failure is a ``RendezvousConnectionError``."""
-    from fabric_strategies.process_group import start_store_server
+    from fabric_strategies import start_store_server
 
     try:
         return start_store_server(address, port, timeout=_STORE_TIMEOUT)

@@ -34,7 +34,7 @@ class NodeReport:
 
 def host_store(address: str, port: int) -> Any:
     """The rendezvous store of the job, hosted by node 0's ``fabric run`` (torchrun's rendezvous shares it)."""
-    from fabric_strategies.process_group import start_store_server
+    from fabric_strategies import start_store_server
 
     return start_store_server(address, port, timeout=_CONNECT_TIMEOUT, multi_tenant=True)
 
