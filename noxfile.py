@@ -519,12 +519,12 @@ CI_SESSIONS = [
     "tests(package='fabric-core')",
     "tests(package='fabric-loggers')",
     "build",
-    "tests(package='fabric-testing')",
     "tests(package='fabric-io')",
 ]
-# then integration_faults, beside only these light sessions (one lane for it, one for them)
+# then integration_faults, beside only these light sessions (one lane for it, one for them: together about as long)
 CI_LAST = [
     "integration_faults",
+    "tests(package='fabric-testing')",
     "tests(package='fabric-environments')",
     "tests(package='fabric-precision')",
     "tests(package='fabric-accelerators')",
