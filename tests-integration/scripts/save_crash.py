@@ -316,6 +316,13 @@ def read_sharded(directory: str, scratch: str) -> tuple[int | None, str | None]:
 
 
 def sharded_kind(workdir: str, points: int) -> dict[str, Any]:
+    # every trial forks two fresh ranks from this driver: import here, once, what each rank would otherwise import
+    # on its own (the optimizer's first construction imports torch._dynamo, the sharded save torch's FSDP and
+    # distributed-checkpoint modules: about 1.5 s of CPU per rank per trial, before the ranks can even meet)
+    import torch._dynamo
+    import torch.distributed.checkpoint
+    import torch.distributed.fsdp  # noqa: F401
+
     directory = os.path.join(workdir, "checkpoint")
     scratch = tempfile.mkdtemp(dir=workdir)
 
