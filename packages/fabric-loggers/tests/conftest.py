@@ -15,7 +15,7 @@ if TENSORBOARDX:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """One real MLflow tracking server (sqlite backend, artifacts in a temp folder) for every test of the session
-    that asks for it; started on first use (about 25 s), stopped at the end. Skips where mlflow is missing."""
+    that asks for it; started on first use (about 10 s), stopped at the end. Skips where mlflow is missing."""
     with start_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
         yield server
 
