@@ -162,13 +162,16 @@ def _env_problem(before: dict[str, str]) -> str | None:
 
 
 def check_and_restore(
-    before: Snapshot, *, thread_grace: float = THREAD_GRACE, child_grace: float = CHILD_GRACE
+    before: Snapshot, *, thread_grace: float | None = None, child_grace: float | None = None
 ) -> list[str]:
     """Describe every leak since ``before`` and undo what can be undone.
 
     The environment is restored, leaked child processes are killed and reaped, and a process group left initialised
-    is destroyed. Leaked threads cannot be stopped from outside; they are only reported.
+    is destroyed. Leaked threads cannot be stopped from outside; they are only reported. The graces default to
+    ``THREAD_GRACE`` and ``CHILD_GRACE`` as they are when the check runs (a test of the plugin shortens them).
     """
+    thread_grace = THREAD_GRACE if thread_grace is None else thread_grace
+    child_grace = CHILD_GRACE if child_grace is None else child_grace
     problems: list[str] = []
     env_problem = _env_problem(before.env)
     if env_problem is not None:
