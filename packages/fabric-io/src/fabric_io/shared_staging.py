@@ -21,6 +21,7 @@ import itertools
 import mmap
 import os
 import pickle
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -178,7 +179,11 @@ def _tensors(state: Any) -> Iterable[torch.Tensor]:
 
 
 def _is_dtensor(tensor: torch.Tensor) -> bool:
-    return type(tensor).__name__ == "DTensor" and hasattr(tensor, "device_mesh")
+    if "torch.distributed.tensor" not in sys.modules:  # no DTensor can exist before its module is imported
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
 
 
 def _rebuild(state: Any, regions: dict[int, tuple[int, torch.UntypedStorage]]) -> Any:
@@ -194,17 +199,25 @@ def _rebuild(state: Any, regions: dict[int, tuple[int, torch.UntypedStorage]]) -
         if _is_dtensor(state):
             return StagedDTensor(_rebuild(state.to_local(), regions), state)
         if _in_arena(state):
-            return _view(state, regions[state.untyped_storage().data_ptr()][1])
+            return _tensor_over(regions[state.untyped_storage().data_ptr()][1], *_layout_of(state))
         return state.detach().to("cpu", copy=True)
     return copy_module.deepcopy(state)
 
 
-def _view(source: torch.Tensor, storage: torch.UntypedStorage) -> torch.Tensor:
-    """A tensor over ``storage`` shaped like ``source`` over its own storage (a Parameter stays a Parameter)."""
-    view = torch.empty(0, dtype=source.dtype).set_(storage, source.storage_offset(), source.size(), source.stride())
-    if type(source) is torch.nn.Parameter:
-        return torch.nn.Parameter(view, requires_grad=source.requires_grad)
-    return view.requires_grad_(source.requires_grad) if source.requires_grad else view
+def _layout_of(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """What ``_tensor_over`` needs, besides the storage, to rebuild ``tensor``."""
+    parameter = type(tensor) is torch.nn.Parameter
+    return tensor.dtype, tensor.storage_offset(), tuple(tensor.size()), tensor.stride(), tensor.requires_grad, parameter
+
+
+def _tensor_over(
+    storage: torch.UntypedStorage, dtype: torch.dtype, offset: int, size: Any, stride: Any, grad: bool, parameter: bool
+) -> torch.Tensor:
+    """The tensor ``_layout_of`` described, over ``storage`` (a Parameter stays a Parameter)."""
+    tensor = torch.empty(0, dtype=dtype).set_(storage, offset, size, stride)
+    if parameter:
+        return torch.nn.Parameter(tensor, requires_grad=grad)
+    return tensor.requires_grad_(grad) if grad else tensor
 
 
 # -- crossing to the writer ----------------------------------------------------------------------------------------
@@ -224,9 +237,7 @@ class _CallPickler(pickle.Pickler):
         if region is None or region[2] != storage.nbytes():
             return None
         self.arenas.add(region[0])
-        is_parameter = type(obj) is torch.nn.Parameter
-        shape = (obj.dtype, obj.storage_offset(), tuple(obj.size()), obj.stride(), obj.requires_grad, is_parameter)
-        return ("arena", *region, *shape)
+        return ("arena", *region, *_layout_of(obj))
 
 
 def dump_call(call: Any, stagings: Iterable[SharedStaging]) -> tuple[bytes, list[Arena]]:
@@ -251,14 +262,11 @@ class _CallUnpickler(pickle.Unpickler):
         self._storages: dict[tuple[int, int], torch.UntypedStorage] = {}  # one object per storage: ties stay tied
 
     def persistent_load(self, pid: Any) -> Any:
-        _, number, offset, nbytes, dtype, storage_offset, size, stride, requires_grad, is_parameter = pid
+        _, number, offset, nbytes, *layout = pid
         storage = self._storages.get((number, offset))
         if storage is None:
             storage = self._storages[number, offset] = self._arenas[number].storage(offset, nbytes)
-        tensor = torch.empty(0, dtype=dtype).set_(storage, storage_offset, size, stride)
-        if is_parameter:
-            return torch.nn.Parameter(tensor, requires_grad=requires_grad)
-        return tensor.requires_grad_(requires_grad) if requires_grad else tensor
+        return _tensor_over(storage, *layout)
 
 
 def load_call(payload: bytes, arenas: dict[int, Arena]) -> Any:

@@ -144,11 +144,11 @@ class WriterProcess:
         """``function(*args, **kwargs)`` in the writer process, its tensors read from ``stagings``' shared memory;
         returns its result or raises its exception (with the writer's traceback as a note)."""
         payload, arenas = dump_call((function, args, kwargs), stagings)
+        live = [arena.number for arena in arenas]  # the writer lets go of the others
         with self._lock:
             new = [arena for arena in arenas if arena.number not in self._sent]
-            request = ("call", [(arena.number, arena.size) for arena in new], [a.number for a in arenas], payload)
-            self._sent -= {number for number in self._sent if number not in request[2]}
-            result = self._exchange(request, [arena.fd for arena in new])
+            self._sent.intersection_update(live)
+            result = self._exchange(("call", [(a.number, a.size) for a in new], live, payload), [a.fd for a in new])
             self._sent.update(arena.number for arena in new)
             return result
 
