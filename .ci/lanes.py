@@ -25,6 +25,7 @@ class Outcome:
     name: str
     returncode: int
     seconds: float
+    cpu_seconds: float  # user + system time of the session's process and every descendant it waited for
 
 
 def run_in_lanes(
@@ -45,15 +46,17 @@ def run_in_lanes(
             # one lane: the session writes to our output as it goes; several: to a file, printed whole at its end
             output = None if jobs == 1 else log
             sys.stdout.flush()
-            ended = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=child_env, check=False)
-            code = ended.returncode
+            proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=child_env)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = code = os.waitstatus_to_exitcode(status)
             log.seek(0)
-            outcome = Outcome(name, code, time.monotonic() - begun)
+            outcome = Outcome(name, code, time.monotonic() - begun, usage.ru_utime + usage.ru_stime)
             with printing:
                 sys.stdout.write(log.read())
                 state = "passed" if code == 0 else f"FAILED (exit code {code})"
                 since = time.monotonic() - start
-                print(f"=== {name}: {state} in {outcome.seconds:.0f} s ({since:.0f} s into the run) ===", flush=True)
+                took = f"{outcome.seconds:.0f} s, {outcome.cpu_seconds:.0f} s of CPU"
+                print(f"=== {name}: {state} in {took} ({since:.0f} s into the run) ===", flush=True)
                 outcomes.append(outcome)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
