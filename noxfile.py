@@ -238,15 +238,31 @@ def tests_xla(session: nox.Session, package: str) -> None:
 @nox.session(tags=["tests"])
 @disposable
 def integration(session: nox.Session) -> None:
-    """Cross-package runs: parity with raw PyTorch, launch, checkpoint/resume, bad input, Slurm, HF models, examples."""
+    """Cross-package runs: parity with raw PyTorch, launch, checkpoint/resume, bad input, HF models, examples."""
     install_packages(session, ["fabric-core"], test_of="fabric-core")
     # DeepSpeed checkpoints are part of the cross-package contract (untrusted-checkpoint tests)
     session.install("-c", CONSTRAINTS, "deepspeed>=0.14")
     session.install("-c", CONSTRAINTS, "transformers")  # Hugging Face models built from tiny configs (test_hf_models)
     session.install("-c", CONSTRAINTS, "-r", str(ROOT / "examples" / "requirements.txt"))  # test_examples runs them
-    ensure_slurm(session)  # the Slurm tests train with Fabric on a real cluster
-    # the slow world-size 4-8 runs are the `scale` session's, the fault-timing tests `integration_faults`'
-    run_integration_tests(session, "-m", "not scale", *(f"--ignore={ROOT / 'tests-integration' / f}" for f in FAULTS))
+    # the slow world-size 4-8 runs are the `scale` session's, the fault-timing tests `integration_faults`', the
+    # Slurm jobs `integration_slurm`'
+    others = (*FAULTS, *SLURM)
+    run_integration_tests(session, "-m", "not scale", *(f"--ignore={ROOT / 'tests-integration' / f}" for f in others))
+
+
+# Fabric's training on a real Slurm cluster: mostly waiting on Slurm's clock (it checks time limits every 30 s, and a
+# requeued job waits before it starts again), so `ci` runs these beside the lanes rather than in one
+SLURM = ("test_slurm_jobs.py",)
+
+
+@nox.session(tags=["tests"])
+@disposable
+def integration_slurm(session: nox.Session) -> None:
+    """Cross-package runs on a real single-host Slurm cluster: srun training, a warned job that is requeued and
+    resumes to the weights of an uninterrupted run."""
+    install_packages(session, ["fabric-core"], test_of="fabric-core")
+    ensure_slurm(session)
+    run_integration_tests(session, "-m", "not scale", *(str(ROOT / "tests-integration" / f) for f in SLURM))
 
 
 # tests of how a run ends when a rank fails or exits: which rank is named first depends on which process the
@@ -541,6 +557,8 @@ CI_SESSIONS = [
     "build",
     "tests(package='fabric-io')",
 ]
+# beside those, outside the lanes: sessions that mostly wait
+CI_BESIDE = ["integration_slurm"]
 # then integration_faults, beside only these light sessions (one lane for it, one for them: together about as long)
 CI_LAST = [
     "integration_faults",
@@ -561,7 +579,8 @@ def ci(session: nox.Session) -> None:
 
     Each session runs as its own nox process, two at a time (`-- --jobs N`: N; each session's log is printed whole
     when it ends), longest first: the suites spend much of their time waiting on processes they started, so two
-    lanes use the second core. `integration_faults` runs last, beside light sessions only: under the load of two
+    lanes use the second core; `integration_slurm`, which mostly waits on Slurm, runs beside the lanes from the
+    start. `integration_faults` runs last, beside light sessions only: under the load of two
     heavy lanes a launcher can see a failing run's processes end in another order than they failed, and those tests
     check which rank is named. The Debian packages some sessions need are installed first, once. Each session's venv
     is deleted when it ends; the bytecode of installed packages is shared by all sessions (see cache_bytecode).
@@ -578,7 +597,7 @@ def ci(session: nox.Session) -> None:
     shared_pycache = tempfile.mkdtemp(prefix="fabric-ci-pycache-")
     env = {DISCARD_ENV: "1", SHARED_PYCACHE: shared_pycache}
     try:
-        outcomes = run_in_lanes(CI_SESSIONS, jobs=jobs, noxfile=ROOT / "noxfile.py", env=env)
+        outcomes = run_in_lanes(CI_SESSIONS, jobs=jobs, noxfile=ROOT / "noxfile.py", env=env, beside=CI_BESIDE)
         outcomes += run_in_lanes(CI_LAST, jobs=min(jobs, 2), noxfile=ROOT / "noxfile.py", env=env)
     finally:
         shutil.rmtree(shared_pycache, ignore_errors=True)

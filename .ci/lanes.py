@@ -29,9 +29,18 @@ class Outcome:
 
 
 def run_in_lanes(
-    names: Sequence[str], *, jobs: int, noxfile: Path, env: Mapping[str, str] | None = None
+    names: Sequence[str],
+    *,
+    jobs: int,
+    noxfile: Path,
+    env: Mapping[str, str] | None = None,
+    beside: Sequence[str] = (),
 ) -> list[Outcome]:
-    """Run every session in ``names`` with at most ``jobs`` at a time; return their outcomes in the order they ended."""
+    """Run every session in ``names`` with at most ``jobs`` at a time; return their outcomes in the order they ended.
+
+    Each session in ``beside`` starts at once and runs alongside the lanes, not in one: for sessions that spend their
+    time waiting (on a cluster's clock), which would otherwise hold a lane while its CPU idles.
+    """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     printing = threading.Lock()
@@ -44,7 +53,7 @@ def run_in_lanes(
         command = [sys.executable, "-m", "nox", "--noxfile", str(noxfile), "-s", name]
         with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
             # one lane: the session writes to our output as it goes; several: to a file, printed whole at its end
-            output = None if jobs == 1 else log
+            output = None if jobs == 1 and not beside else log
             sys.stdout.flush()
             proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=child_env)
             _, status, usage = os.wait4(proc.pid, 0)
@@ -59,7 +68,9 @@ def run_in_lanes(
                 print(f"=== {name}: {state} in {took} ({since:.0f} s into the run) ===", flush=True)
                 outcomes.append(outcome)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for future in [pool.submit(run_one, name) for name in names]:
+    with ThreadPoolExecutor(max_workers=max(1, len(beside))) as alongside, ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [alongside.submit(run_one, name) for name in beside]
+        futures += [pool.submit(run_one, name) for name in names]
+        for future in futures:
             future.result()
     return outcomes
