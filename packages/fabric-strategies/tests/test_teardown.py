@@ -149,17 +149,20 @@ def test_a_group_destroyed_in_an_exit_handler_of_the_script_is_left_to_it(tmp_pa
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="needs Linux scheduling policies")
 @pytest.mark.parametrize("mode", ["fabric-atexit", "fabric-user-destroy"])
 def test_two_process_runs_exit_cleanly_even_with_starved_gloo_workers(mode):
-    # with the gloo workers starved of CPU most plain-torch runs abort at exit (see teardown_loop.py --mode raw);
+    # with the gloo workers starved of CPU plain-torch runs can abort at exit (teardown_loop.py --mode raw; how often
+    # depends on the machine's timing: most runs where it was written, none of 4 on the 2-core CI machine later);
     # fabric-user-destroy: the script destroys the group itself while a starved worker still holds its last work, and
-    # the exit hook then destroys the group for good by releasing the DDP wrapper (issue #20)
+    # the exit hook then destroys the group for good by releasing the DDP wrapper (issue #20). One run of each mode
+    # here (about 12 s of CPU each, both processes pinned to one CPU); test_fifty_two_process_ddp_runs_never_abort
+    # is the long count.
     proc = subprocess.run(
-        [sys.executable, str(LOOP_SCRIPT), "--runs", "2", "--mode", mode, "--adversarial"],
+        [sys.executable, str(LOOP_SCRIPT), "--runs", "1", "--mode", mode, "--adversarial"],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"{mode} (adversarial): 2 runs, 0 aborted, 0 other failures" in proc.stdout
+    assert f"{mode} (adversarial): 1 runs, 0 aborted, 0 other failures" in proc.stdout
 
 
 @RunIf(standalone=True)
