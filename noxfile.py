@@ -592,8 +592,9 @@ def ci(session: nox.Session) -> None:
     apt_install(session, "mpirun", "openmpi-bin", "libopenmpi-dev")
     ensure_slurm(session)
     sys.path.insert(0, str(ROOT / ".ci"))
-    from lanes import run_in_lanes
+    from lanes import host_speed, run_in_lanes
 
+    before = host_speed()
     shared_pycache = tempfile.mkdtemp(prefix="fabric-ci-pycache-")
     env = {DISCARD_ENV: "1", SHARED_PYCACHE: shared_pycache}
     try:
@@ -604,6 +605,8 @@ def ci(session: nox.Session) -> None:
     for outcome in sorted(outcomes, key=lambda o: -o.seconds):
         state = "ok    " if outcome.returncode == 0 else "FAILED"
         print(f"{outcome.seconds:6.0f} s {outcome.cpu_seconds:6.0f} s CPU  {state}  {outcome.name}")
+    # the same loop before and after: compare runs' times only where the host ran it at about the same speed
+    print(f"host speed: a fixed Python loop took {before:.2f} s of CPU before the sessions, {host_speed():.2f} s after")
     failed = [outcome.name for outcome in outcomes if outcome.returncode != 0]
     if failed:
         session.error(f"failed sessions: {', '.join(failed)}")

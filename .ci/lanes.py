@@ -74,3 +74,13 @@ def run_in_lanes(
         for future in futures:
             future.result()
     return outcomes
+
+
+def host_speed(steps: int = 10_000_000) -> float:
+    """CPU seconds this process spends on a fixed pure-Python loop: the same work every run, so it shows how fast
+    the host is at the time (a shared host's speed varies by a third from hour to hour, every session's with it)."""
+    begun = time.process_time()
+    total = 0
+    for step in range(steps):
+        total += step
+    return time.process_time() - begun
