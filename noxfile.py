@@ -258,8 +258,9 @@ SLURM = ("test_slurm_jobs.py",)
 @nox.session(tags=["tests"])
 @disposable
 def integration_slurm(session: nox.Session) -> None:
-    """Cross-package runs on a real single-host Slurm cluster: srun training, a warned job that is requeued and
-    resumes to the weights of an uninterrupted run."""
+    """Fabric on a real single-host Slurm cluster: srun training, and a warned job that is requeued and resumes.
+
+    The resumed job must end with the weights of an uninterrupted run (tests-integration/test_slurm_jobs.py)."""
     install_packages(session, ["fabric-core"], test_of="fabric-core")
     ensure_slurm(session)
     run_integration_tests(session, "-m", "not scale", *(str(ROOT / "tests-integration" / f) for f in SLURM))
