@@ -246,8 +246,7 @@ def integration(session: nox.Session) -> None:
     session.install("-c", CONSTRAINTS, "-r", str(ROOT / "examples" / "requirements.txt"))  # test_examples runs them
     # the slow world-size 4-8 runs are the `scale` session's, the fault-timing tests `integration_faults`', the
     # Slurm jobs `integration_slurm`'
-    others = (*FAULTS, *SLURM)
-    run_integration_tests(session, "-m", "not scale", *(f"--ignore={ROOT / 'tests-integration' / f}" for f in others))
+    run_integration_tests(session, "-m", "not scale", ignore=(*FAULTS, *SLURM))
 
 
 # Fabric's training on a real Slurm cluster: mostly waiting on Slurm's clock (it checks time limits every 30 s, and a
@@ -263,7 +262,7 @@ def integration_slurm(session: nox.Session) -> None:
     The resumed job must end with the weights of an uninterrupted run (tests-integration/test_slurm_jobs.py)."""
     install_packages(session, ["fabric-core"], test_of="fabric-core")
     ensure_slurm(session)
-    run_integration_tests(session, "-m", "not scale", *(str(ROOT / "tests-integration" / f) for f in SLURM))
+    run_integration_tests(session, "-m", "not scale", files=SLURM)
 
 
 # tests of how a run ends when a rank fails or exits: which rank is named first depends on which process the
@@ -276,7 +275,7 @@ FAULTS = ("test_rank_failure.py", "test_exit_endings.py")
 def integration_faults(session: nox.Session) -> None:
     """Cross-package runs in which a rank fails, hangs or exits early: the run must end, name it, leave nothing."""
     install_packages(session, ["fabric-core"], test_of="fabric-core")
-    run_integration_tests(session, "-m", "not scale", *(str(ROOT / "tests-integration" / f) for f in FAULTS))
+    run_integration_tests(session, "-m", "not scale", files=FAULTS)
 
 
 @nox.session(default=False)
@@ -290,21 +289,24 @@ def scale(session: nox.Session) -> None:
     run_integration_tests(session, "-m", "scale")
 
 
-def run_integration_tests(session: nox.Session, *selection: str) -> None:
-    """pytest over tests-integration, or over the test files that ``selection`` names."""
-    named = [arg for arg in selection if arg.endswith(".py") and not arg.startswith("-")]
+def run_integration_tests(
+    session: nox.Session, *pytest_args: str, files: tuple[str, ...] = (), ignore: tuple[str, ...] = ()
+) -> None:
+    """pytest over tests-integration less the test files in ``ignore``, or over the test files in ``files`` only."""
+    folder = ROOT / "tests-integration"
     session.run(
         "python",
         "-m",
         "pytest",
-        *(named or [str(ROOT / "tests-integration")]),
+        *([str(folder / name) for name in files] or [str(folder)]),
+        *(f"--ignore={folder / name}" for name in ignore),
         "--rootdir",
         str(ROOT),
         "-c",
         str(ROOT / "pyproject.toml"),
         "--hardware",
         "cpu",
-        *(arg for arg in selection if arg not in named),
+        *pytest_args,
         *session.posargs,
     )
 

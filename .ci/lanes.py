@@ -1,9 +1,9 @@
 """Run nox sessions in ``jobs`` lanes, each taking the next session from one queue.
 
-Used by the ``ci`` session of noxfile.py. Each session runs as its own ``nox -s NAME`` process. With one lane its
-output goes straight to ours; with several, each session writes to a log file that is printed whole when the session
-ends (so the CI log reads session by session, not interleaved). Either way a line with the session's result and time
-follows. Sessions are taken in the order given: put the longest first.
+Used by the ``ci`` session of noxfile.py. Each session runs as its own ``nox -s NAME`` process. With one lane and
+nothing beside it, its output goes straight to ours; otherwise each session writes to a log file that is printed whole
+when the session ends (so the CI log reads session by session, not interleaved). Either way a line with the session's
+result, time and CPU time follows. Sessions are taken in the order given: put the longest first.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def run_in_lanes(
             output = None if jobs == 1 and not beside else log
             sys.stdout.flush()
             proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=child_env)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = code = os.waitstatus_to_exitcode(status)
+            _, status, usage = os.wait4(proc.pid, 0)  # wait() would not give the CPU time
+            proc.returncode = code = os.waitstatus_to_exitcode(status)  # reaped: Popen must not wait for it again
             log.seek(0)
             outcome = Outcome(name, code, time.monotonic() - begun, usage.ru_utime + usage.ru_stime)
             with printing:
