@@ -558,13 +558,13 @@ CI_SESSIONS = [
     "tests(package='fabric-core')",
     "tests(package='fabric-loggers')",
     "build",
-    "tests(package='fabric-io')",
 ]
 # beside those, outside the lanes: sessions that mostly wait
 CI_BESIDE = ["integration_slurm"]
 # then integration_faults, beside only these light sessions (one lane for it, one for them: together about as long)
 CI_LAST = [
     "integration_faults",
+    "tests(package='fabric-io')",
     "tests(package='fabric-testing')",
     "tests(package='fabric-environments')",
     "tests(package='fabric-precision')",

@@ -20,10 +20,10 @@ import pytest
 
 from fabric_testing import find_free_port, preload_in_fork_server
 
-# The processes that run_processes forks for these tests build an optimizer (its first construction imports
-# torch._dynamo) and most use FSDP or torch's distributed checkpoints: the fork server imports these once for all
-# of them (about 1.5-2 s of CPU per process otherwise), and deepspeed (1.7 s) where it is installed.
-preload_in_fork_server("torch._dynamo", "torch.distributed.fsdp", "torch.distributed.checkpoint", "deepspeed")
+# Most processes that run_processes forks for these tests use FSDP or torch's distributed checkpoints: the fork
+# server imports these once for all of them (besides torch and torch._dynamo, which it always imports), and
+# deepspeed (1.7 s of CPU per process otherwise) where it is installed.
+preload_in_fork_server("torch.distributed.fsdp", "torch.distributed.checkpoint", "deepspeed")
 
 SCRIPTS = Path(__file__).parent / "scripts"
 TRAIN_SCRIPT = SCRIPTS / "train.py"

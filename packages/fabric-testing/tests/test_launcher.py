@@ -236,11 +236,13 @@ def test_the_fork_server_imports_what_is_preloaded_once_for_every_process(tmp_pa
     assert lines[1].startswith("RuntimeError: the fork server already runs"), done.stdout
 
 
-def test_without_preloading_the_processes_import_only_what_they_use() -> None:
-    assert run_processes(imported, "xml.dom.minidom", world_size=1, init_process_group=False) == [False]
+def test_without_preloading_the_processes_import_only_what_they_use_besides_torch() -> None:
+    # torch._dynamo is preloaded always: torch imports it in every process that builds an optimizer
+    found = run_processes(imported, "xml.dom.minidom", "torch._dynamo", world_size=1, init_process_group=False)
+    assert found == [[False, True]]
     with pytest.raises(RuntimeError, match="call preload_in_fork_server"):
         preload_in_fork_server("xml.dom.minidom")
 
 
-def imported(rank: int, world_size: int, name: str) -> bool:
-    return name in sys.modules
+def imported(rank: int, world_size: int, *names: str) -> list[bool]:
+    return [name in sys.modules for name in names]
