@@ -558,6 +558,7 @@ CI_SESSIONS = [
     "tests(package='fabric-core')",
     "tests(package='fabric-loggers')",
     "build",
+    "demo",
 ]
 # beside those, outside the lanes: sessions that mostly wait
 CI_BESIDE = ["integration_slurm"]
@@ -570,7 +571,6 @@ CI_LAST = [
     "tests(package='fabric-precision')",
     "tests(package='fabric-accelerators')",
     "tests(package='fabric-utils')",
-    "demo",
     "lint",
     "dag",
 ]
