@@ -80,9 +80,22 @@ def test_bad_precision() -> None:
         DeepSpeedPrecision("64-true")  # type: ignore[arg-type]
 
 
+def _skip_the_cpu_comm_kernel() -> None:
+    """What DeepSpeedStrategy does on the CPU (fabric_strategies.deepspeed.runtime.skip_cpu_comm_op, which this
+    package's tests cannot import): mark DeepSpeed's shared-memory all-reduce kernel as not buildable, so that its
+    communication backend falls back to the process group instead of compiling the kernel (about 50 s of CPU)."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().get_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
 def _train_with_engine(rank: int, world_size: int, precision: str) -> dict[str, Any]:
     import deepspeed
 
+    _skip_the_cpu_comm_kernel()
     plugin = DeepSpeedPrecision(precision)  # type: ignore[arg-type]
     torch.manual_seed(0)
     model = plugin.convert_module(nn.Linear(8, 2))
