@@ -3,8 +3,10 @@ write the original; its errors come back; a dead writer is reported; what it can
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -123,6 +125,27 @@ def test_only_calls_that_the_writer_can_import_go_to_it() -> None:
     assert runs_in_writer((io.save_checkpoint, ("path",), {}))
     assert not runs_in_writer((ScriptCheckpointIO().save_checkpoint, ("path",), {})), "beside the script"
     assert not runs_in_writer((atomic_save, (threading.Lock(),), {})), "cannot be pickled"
+
+
+def test_a_folder_that_the_script_adds_to_sys_path_serves_the_writer(
+    tmp_path: Path, writer: WriterProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a training script that extends sys.path as it runs (the writer started before), then saves through a
+    # CheckpointIO from that folder
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "added_while_running.py").write_text(
+        "from fabric_io import TorchCheckpointIO\n\n\nclass AddedCheckpointIO(TorchCheckpointIO):\n    pass\n"
+    )
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path / "lib")])
+    try:
+        io = importlib.import_module("added_while_running").AddedCheckpointIO()
+        assert runs_in_writer((io.save_checkpoint, ("path",), {}))
+        staging = SharedStaging()
+        writer.run(io.save_checkpoint, staging.copy({"w": torch.ones(4)}), str(tmp_path / "w.pt"), stagings=(staging,))
+        assert torch.equal(torch.load(tmp_path / "w.pt", weights_only=True)["w"], torch.ones(4))
+        staging.close()
+    finally:
+        sys.modules.pop("added_while_running", None)
 
 
 def test_the_writer_variable_chooses_and_a_bad_value_names_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:

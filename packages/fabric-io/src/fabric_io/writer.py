@@ -3,7 +3,9 @@
 A background thread that writes a checkpoint (pickling, ``torch.save``'s archive, the page cache, DCP's planning)
 holds the interpreter lock for much of it, and training's thread waits for the lock meanwhile. ``WriterProcess``
 starts a writer process instead (``python -c`` calling ``main`` here: a fresh interpreter, in which nothing of the
-training script is imported or run again) at a lower CPU priority, connected by a Unix socket. ``run`` hands it a
+training script is imported or run again) at a lower CPU priority, connected by a Unix socket. The writer imports
+from the training process's ``sys.path`` less its first entry (the script's directory): its start and every call
+pass it along, so a folder that the script adds to ``sys.path`` while it runs serves the writer too. ``run`` hands it a
 call on a copy staged in shared memory (``fabric_io.shared_staging``: a few hundred bytes and a file descriptor for
 100 MB) and waits for its outcome, which it raises here if the call failed (``runs_in_writer`` tells which calls it
 can run). The process ignores Ctrl-C, so a save in flight is finished rather than cut off, and exits when its socket
@@ -104,14 +106,19 @@ def runs_in_writer(call: Any) -> bool:
     return all(_importable_by_writer(module) for module in recorder.modules)
 
 
+def writer_path() -> list[str]:
+    """Where the writer imports from: this process's ``sys.path`` now, less its first entry (the script's directory,
+    or the current directory) and empty entries (the current directory)."""
+    return [path for path in sys.path[1:] if path]
+
+
 def _importable_by_writer(module: str) -> bool:
     top = module.partition(".")[0]
     if top == "__main__" or top == "__mp_main__":
         return False
     if top in sys.builtin_module_names or top in sys.stdlib_module_names:
         return True
-    paths = [path for path in sys.path[1:] if path]  # sys.path[0]: the script's directory (or the cwd)
-    return importlib.machinery.PathFinder.find_spec(top, paths) is not None
+    return importlib.machinery.PathFinder.find_spec(top, writer_path()) is not None
 
 
 class WriterProcess:
@@ -125,7 +132,9 @@ class WriterProcess:
                 [sys.executable, *flags, "-c", f"from fabric_io.writer import main; main({theirs.fileno()})"],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "OMP_NUM_THREADS": "1"},
+                # the path reaches the writer's first imports (fabric_io itself may come from a folder the script
+                # added); each call brings the path of its moment
+                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(writer_path())},
             )
         self._connection = ours
         self._lock = threading.Lock()
@@ -148,7 +157,8 @@ class WriterProcess:
         with self._lock:
             new = [arena for arena in arenas if arena.number not in self._sent]
             self._sent.intersection_update(live)
-            result = self._exchange(("call", [(a.number, a.size) for a in new], live, payload), [a.fd for a in new])
+            request = ("call", [(a.number, a.size) for a in new], live, writer_path(), payload)
+            result = self._exchange(request, [a.fd for a in new])
             self._sent.update(arena.number for arena in new)
             return result
 
@@ -234,7 +244,10 @@ def _handle(message: tuple[Any, ...], fds: list[int], arenas: dict[int, Arena]) 
     if kind == "group":
         _join_group(*message[1:])
         return None
-    _, new, live, payload = message
+    _, new, live, path, payload = message
+    if sys.path != path:  # the training process's path changed since the last call (or this is the first)
+        sys.path[:] = path
+        importlib.invalidate_caches()
     for (number, size), fd in zip(new, fds):
         arenas[number] = Arena(size, fd=fd, number=number)
     for number in [number for number in arenas if number not in live]:
