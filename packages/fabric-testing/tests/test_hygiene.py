@@ -70,6 +70,17 @@ def test_leaked_children_are_reported_and_killed() -> None:
     assert proc.pid not in child_pids()
 
 
+def test_a_checkpoint_writer_is_a_helper_listed_only_when_asked_for() -> None:
+    # the command line of fabric_io's writer process, with a sleep in place of the writer
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # from fabric_io.writer import main"])
+    try:
+        assert proc.pid not in child_pids()
+        assert proc.pid in child_pids(helpers=True)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def test_children_that_exit_within_the_grace_period_are_fine() -> None:
     before = Snapshot.take()
     proc = subprocess.Popen([sys.executable, "-c", "pass"])

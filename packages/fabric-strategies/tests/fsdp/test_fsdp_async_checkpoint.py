@@ -1,8 +1,10 @@
 """Asynchronous saves (``save_state(..., asynchronous=True)``) on two real gloo processes: FSDP's sharded directory
-and full file, and DDP's single file written by rank 0, against synchronous saves of the same state."""
+and full file, ModelParallel's sharded directory of tensor-parallel DTensors on a 2-D mesh, and DDP's single file
+written by rank 0, against synchronous saves of the same state."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -18,12 +20,13 @@ from fabric_io import CpuStaging, SharedStaging, is_sharded_checkpoint
 from fabric_strategies import (
     DDPStrategy,
     FSDPStrategy,
+    ModelParallelStrategy,
     Strategy,
     read_sharded_checkpoint,
     save_state,
     wait_for_saves,
 )
-from fabric_testing import run_processes
+from fabric_testing import child_pids, run_processes
 
 TIMEOUT = timedelta(seconds=30)
 
@@ -65,12 +68,27 @@ def _slowly(copy: Any) -> Any:
     return slow_copy
 
 
+def _tensor_parallel(module: nn.Module, device_mesh: Any) -> nn.Module:
+    """ModelParallelStrategy's parallelize_fn for ``_model_and_optimizer``'s model: the first linear layer split by
+    columns and the second by rows over the tensor-parallel dimension, then fully_shard over the data-parallel one."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    parallelize_module(module, device_mesh["tensor_parallel"], {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    fully_shard(module, mesh=device_mesh["data_parallel"])
+    return module
+
+
 def _async_equals_sync(rank: int, world_size: int, directory: str, kind: str, change: str = "step") -> bool:
+    devices = [torch.device("cpu")] * world_size
     if kind == "ddp":
-        strategy: Strategy = DDPStrategy(parallel_devices=[torch.device("cpu")] * world_size, timeout=TIMEOUT)
+        strategy: Strategy = DDPStrategy(parallel_devices=devices, timeout=TIMEOUT)
+    elif kind == "model-parallel":  # a 2-D mesh: data parallel 1 x tensor parallel 2
+        strategy = ModelParallelStrategy(
+            _tensor_parallel, data_parallel_size=1, tensor_parallel_size=2, parallel_devices=devices, timeout=TIMEOUT
+        )
     else:
         state_dict_type = "full" if kind == "fsdp-full" else "sharded"
-        devices = [torch.device("cpu")] * world_size
         strategy = FSDPStrategy(parallel_devices=devices, timeout=TIMEOUT, state_dict_type=state_dict_type)
     strategy.setup_environment()
     model, optimizer = _model_and_optimizer(strategy)
@@ -99,7 +117,9 @@ def _async_equals_sync(rank: int, world_size: int, directory: str, kind: str, ch
     assert os.path.exists(asynchronous)
     assert second is not None
     second.wait()
-    if kind == "fsdp-sharded":
+    if kind in ("fsdp-sharded", "model-parallel") or rank == 0:  # the processes that write
+        assert _writer_runs(), "the write did not go to a checkpoint writer process"
+    if kind in ("fsdp-sharded", "model-parallel"):
         assert is_sharded_checkpoint(asynchronous)
         saved, expected = read_sharded_checkpoint(asynchronous), read_sharded_checkpoint(synchronous)
         assert sorted(os.listdir(directory)) == ["async", "second", "sync"], "no staging directory is left"
@@ -111,14 +131,23 @@ def _async_equals_sync(rank: int, world_size: int, directory: str, kind: str, ch
     return _identical(saved, expected) and changed
 
 
+def _writer_runs() -> bool:
+    """Whether this process has started a checkpoint writer process (fabric_io.writer)."""
+    for pid in child_pids(helpers=True):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            if b"fabric_io.writer" in cmdline.read():
+                return True
+    return False
+
+
 def _weights(strategy: Any, model: Any) -> dict[str, torch.Tensor]:
-    """A copy of the model's full weights now (collective for FSDP)."""
-    if isinstance(strategy, FSDPStrategy):
+    """A copy of the model's full weights now (collective for FSDP and ModelParallel)."""
+    if isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
         return {k: v.full_tensor() for k, v in model.state_dict().items()}
     return {k: v.clone() for k, v in strategy.get_module_state_dict(model).items()}
 
 
-@pytest.mark.parametrize("kind", ["fsdp-sharded", "fsdp-full", "ddp"])
+@pytest.mark.parametrize("kind", ["fsdp-sharded", "fsdp-full", "model-parallel", "ddp"])
 def test_an_asynchronous_save_equals_the_synchronous_one_and_ignores_later_training(tmp_path: Path, kind: str) -> None:
     results = run_processes(_async_equals_sync, str(tmp_path), kind, world_size=2)
     assert results == [True, True]

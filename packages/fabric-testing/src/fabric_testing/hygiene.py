@@ -82,11 +82,11 @@ def _is_long_lived_helper(pid: int) -> bool:
     return any(marker in cmdline for marker in _LONG_LIVED_PROCESS_MARKERS)
 
 
-def child_pids(pid: int | None = None) -> set[int]:
+def child_pids(pid: int | None = None, *, helpers: bool = False) -> set[int]:
     """PIDs of the running (not zombie) direct children of ``pid`` (this process by default), read from /proc.
 
-    multiprocessing's own long-lived helpers (resource tracker, fork server) are not included. Returns an empty set
-    on platforms without /proc.
+    Long-lived helper processes (multiprocessing's resource tracker and fork server, fabric_io's checkpoint writer)
+    are included only with ``helpers=True``. Returns an empty set on platforms without /proc.
     """
     pid = os.getpid() if pid is None else pid
     if not os.path.isdir("/proc"):
@@ -94,7 +94,7 @@ def child_pids(pid: int | None = None) -> set[int]:
     children = _proc_children(pid)
     if children is None:
         children = _scan_children(pid)
-    return {p for p in children if _read_stat(p)[0] not in ("Z", "X") and not _is_long_lived_helper(p)}
+    return {p for p in children if _read_stat(p)[0] not in ("Z", "X") and (helpers or not _is_long_lived_helper(p))}
 
 
 @dataclass
