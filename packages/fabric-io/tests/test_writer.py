@@ -158,6 +158,16 @@ def test_the_writer_variable_chooses_and_a_bad_value_names_the_choices(monkeypat
         writer_process_enabled()
 
 
+def test_without_a_python_interpreter_to_start_the_saves_write_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WRITER_VARIABLE, raising=False)
+    # a frozen application (PyInstaller): sys.executable starts the application, which would train all over again
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert not writer_process_enabled()
+    monkeypatch.delattr(sys, "frozen")
+    monkeypatch.setattr(sys, "executable", "")  # an embedding program without an interpreter to start
+    assert not writer_process_enabled()
+
+
 def test_close_ends_the_writer_while_a_forked_process_still_holds_its_socket(writer: WriterProcess) -> None:
     child = os.fork()  # like a DataLoader worker started after the first asynchronous save
     if child == 0:

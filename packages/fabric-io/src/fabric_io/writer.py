@@ -45,14 +45,17 @@ _MAX_FDS = 16
 
 
 def writer_process_enabled() -> bool:
-    """Whether asynchronous saves may write in a writer process (``WRITER_VARIABLE``; Linux only)."""
+    """Whether asynchronous saves may write in a writer process (``WRITER_VARIABLE``; Linux only, and only where
+    ``sys.executable`` is a Python interpreter: not in a frozen application, where it is the application itself, nor
+    in an embedding program that has none)."""
     value = os.environ.get(WRITER_VARIABLE, "process")
     if value not in ("process", "thread"):
         raise ValueError(
             f"{WRITER_VARIABLE}={value!r} is not a checkpoint writer; choose 'process' (the default: a writer process"
             " where the platform allows it) or 'thread' (a thread of the training process)."
         )
-    return value == "process" and shared_staging_available()
+    has_interpreter = bool(sys.executable) and not getattr(sys, "frozen", False)
+    return value == "process" and shared_staging_available() and has_interpreter
 
 
 def send_message(connection: socket.socket, message: Any, fds: list[int] | tuple[int, ...] = ()) -> None:
